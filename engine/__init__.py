@@ -1,0 +1,1 @@
+"""Serving: gRPC front end, batching queue, ONNX Runtime backend, USearch index. No torch."""

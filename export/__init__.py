@@ -1,0 +1,1 @@
+"""Export of trained towers to ONNX bundles (needs the `export` extra)."""

@@ -1,0 +1,1 @@
+"""Training: towers, memory-bank projector, losses and the loop (needs the `train` extra)."""
