@@ -1,0 +1,101 @@
+"""Molecule tower: GINE message passing in dense padded form.
+
+Every graph in a batch is padded to the same (max_nodes, max_edges). Messages are gathered
+from source atoms with an index gather and summed into destination atoms with a one-hot
+incidence matmul instead of a scatter-add, so the exported ONNX graph has static shapes and no
+scatter with duplicate indices (ONNX Runtime and TensorRT run it as-is). The result equals
+torch-geometric's GINEConv on the unpadded graphs (checked in tests/unit/test_graph_tower.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from molret.featurize import ATOM_FEATURE_SIZES, BOND_FEATURE_SIZES
+
+
+class CategoricalEmbedding(nn.Module):
+    """Sum of one embedding per categorical column, stored in one table with column offsets."""
+
+    def __init__(self, sizes: Sequence[int], dim: int) -> None:
+        super().__init__()
+        offsets = torch.tensor([0, *list(sizes)[:-1]], dtype=torch.long).cumsum(0)
+        self.register_buffer("offsets", offsets, persistent=False)
+        self.table = nn.Embedding(int(sum(sizes)), dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.table(features + self.offsets).sum(dim=-2)
+
+
+def gather_sources(h: torch.Tensor, edge_src: torch.Tensor) -> torch.Tensor:
+    """States of each edge's source atom: [B, N, H] x [B, E] -> [B, E, H]."""
+    index = edge_src.unsqueeze(-1).expand(-1, -1, h.shape[-1])
+    return torch.gather(h, 1, index)
+
+
+def incidence(edge_dst: torch.Tensor, edge_mask: torch.Tensor, max_nodes: int) -> torch.Tensor:
+    """[B, N, E] one-hot of destination atoms; masked edges are all-zero columns."""
+    nodes = torch.arange(max_nodes, device=edge_dst.device).view(1, -1, 1)
+    hits = (edge_dst.unsqueeze(1) == nodes) & edge_mask.unsqueeze(1)
+    return hits.to(torch.float32)
+
+
+class DenseGINELayer(nn.Module):
+    """out_i = MLP((1 + eps) * h_i + sum_{j->i} ReLU(h_j + e_ji)), as in GINEConv (Hu et al.)."""
+
+    def __init__(self, dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.eps = nn.Parameter(torch.zeros(1))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)
+        )
+
+    def aggregate(
+        self, h: torch.Tensor, edge_emb: torch.Tensor, edge_src: torch.Tensor, inc: torch.Tensor
+    ) -> torch.Tensor:
+        messages = torch.relu(gather_sources(h, edge_src) + edge_emb)
+        return torch.bmm(inc, messages)
+
+    def forward(
+        self, h: torch.Tensor, edge_emb: torch.Tensor, edge_src: torch.Tensor, inc: torch.Tensor
+    ) -> torch.Tensor:
+        return self.mlp((1 + self.eps) * h + self.aggregate(h, edge_emb, edge_src, inc))
+
+
+class MoleculeTower(nn.Module):
+    """Atom states [B, N, d] for the memory-bank projector; padding atoms are zeroed."""
+
+    def __init__(self, hidden: int, out_dim: int, num_layers: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.atom_embedding = CategoricalEmbedding(ATOM_FEATURE_SIZES, hidden)
+        self.bond_embeddings = nn.ModuleList(
+            CategoricalEmbedding(BOND_FEATURE_SIZES, hidden) for _ in range(num_layers)
+        )
+        self.layers = nn.ModuleList(DenseGINELayer(hidden, dropout) for _ in range(num_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(num_layers))
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim), nn.LayerNorm(out_dim)
+        )
+
+    def forward(
+        self,
+        atom_features: torch.Tensor,
+        bond_features: torch.Tensor,
+        edge_src: torch.Tensor,
+        edge_dst: torch.Tensor,
+        atom_mask: torch.Tensor,
+        edge_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        node_mask = atom_mask.unsqueeze(-1).to(torch.float32)
+        inc = incidence(edge_dst, edge_mask, atom_features.shape[1])
+        h = self.atom_embedding(atom_features) * node_mask
+        for bond_embedding, layer, norm in zip(
+            self.bond_embeddings, self.layers, self.norms, strict=True
+        ):
+            update = layer(h, bond_embedding(bond_features), edge_src, inc)
+            h = norm(h + self.dropout(torch.relu(update))) * node_mask
+        return self.out(h) * node_mask

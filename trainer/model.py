@@ -1,0 +1,116 @@
+"""The dual encoder: text tower + molecule tower + the shared memory-bank projector.
+
+`encode_text` / `encode_molecule` are the two calls that training, evaluation and export use.
+With a frozen text encoder the model holds no encoder weights: it consumes the cached token
+states of the encoder (molret.trainer.text_cache), and export attaches the same pretrained
+encoder in front of the trained head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .graph_tower import MoleculeTower
+from .projector import MemoryBankProjector, masked_mean
+
+
+@dataclass
+class GraphTensors:
+    """A padded molecule batch as tensors (mirrors molret.featurize.GraphBatch)."""
+
+    atom_features: torch.Tensor
+    bond_features: torch.Tensor
+    edge_src: torch.Tensor
+    edge_dst: torch.Tensor
+    atom_mask: torch.Tensor
+    edge_mask: torch.Tensor
+
+    @classmethod
+    def from_batch(cls, batch: object) -> GraphTensors:
+        return cls(
+            **{
+                name: torch.from_numpy(getattr(batch, name))
+                for name in (
+                    "atom_features", "bond_features", "edge_src", "edge_dst",
+                    "atom_mask", "edge_mask",
+                )
+            }
+        )  # fmt: skip
+
+    def as_args(self) -> tuple[torch.Tensor, ...]:
+        return (
+            self.atom_features, self.bond_features, self.edge_src, self.edge_dst,
+            self.atom_mask, self.edge_mask,
+        )  # fmt: skip
+
+
+@dataclass
+class Encoded:
+    """Final embeddings plus the pooled pre-memory features the WGAN critic looks at."""
+
+    embedding: torch.Tensor
+    pooled: torch.Tensor
+
+
+class TextHead(nn.Module):
+    """Every token state (not the pooler) through Linear(hidden -> d) + LayerNorm."""
+
+    def __init__(self, hidden: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(hidden, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, token_states: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(token_states))
+
+
+class DualEncoder(nn.Module):
+    def __init__(
+        self, config: ModelConfig, text_hidden: int, text_encoder: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.text_encoder = text_encoder
+        self.text_head = TextHead(text_hidden, config.embed_dim)
+        self.molecule_tower = MoleculeTower(
+            config.graph_hidden, config.embed_dim, config.graph_layers, config.dropout
+        )
+        self.projector = MemoryBankProjector(
+            config.embed_dim,
+            num_memories=config.num_memories,
+            num_heads=config.num_heads,
+            dropout=config.dropout,
+            use_memory=config.memory_bank,
+            scale_init=config.scale_init,
+        )
+
+    def encode_text_states(self, token_states: torch.Tensor, mask: torch.Tensor) -> Encoded:
+        """From encoder token states [B, L, hidden] and a bool mask [B, L]."""
+        states = self.text_head(token_states)
+        return Encoded(self.projector(states, mask), masked_mean(states, mask))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
+        if self.text_encoder is None:
+            raise RuntimeError("this model was built without a text encoder (frozen, cached)")
+        out = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return self.encode_text_states(out.last_hidden_state, attention_mask.bool())
+
+    def encode_molecule(self, graphs: GraphTensors) -> Encoded:
+        states = self.molecule_tower(*graphs.as_args())
+        return Encoded(
+            self.projector(states, graphs.atom_mask), masked_mean(states, graphs.atom_mask)
+        )
+
+
+def freeze_lower_layers(encoder: nn.Module, trainable_layers: int) -> None:
+    """Leave only the top `trainable_layers` transformer blocks (and nothing below) trainable."""
+    for param in encoder.parameters():
+        param.requires_grad_(False)
+    blocks = encoder.encoder.layer  # BERT-family layout
+    for block in list(blocks)[len(blocks) - trainable_layers :]:
+        for param in block.parameters():
+            param.requires_grad_(True)
