@@ -51,10 +51,18 @@ def train(
     cache: Annotated[
         Path | None, typer.Option(help="cache folder; default $MOLRET_CACHE or ~/.cache/molret")
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="torch CPU threads (1 is fastest when the other core is busy)"),
+    ] = None,
     verbose: bool = False,
 ) -> None:
     """Train the dual encoder; writes checkpoints, metrics.jsonl and eval.json into OUT."""
     _setup_logging(verbose)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     from molret.data import DataNotFound
     from molret.trainer.config import load_config
     from molret.trainer.loop import train as run_training

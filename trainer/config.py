@@ -68,6 +68,9 @@ class DataConfig:
     train_limit: int | None = None  # first N training pairs only (smoke tests)
     select_limit: int | None = None  # first N selection pairs only (smoke tests)
     eval_batch_size: int = 128
+    # Pool for the per-epoch selection score: "validation" (the 3,301 validation pairs: about a
+    # ninth of the cost) or "all" (every train + validation pair, as in the final evaluation).
+    selection_pool: str = "validation"
 
 
 @dataclass
@@ -111,6 +114,8 @@ def validate(config: Config) -> None:
         raise ValueError("loss.second_order_mode must be similarity or distance")
     if config.model.embed_dim % config.model.num_heads:
         raise ValueError("model.embed_dim must be divisible by model.num_heads")
+    if config.data.selection_pool not in ("validation", "all"):
+        raise ValueError("data.selection_pool must be validation or all")
     if not 0.0 <= config.data.holdout_fraction < 1.0:
         raise ValueError("data.holdout_fraction must be in [0, 1)")
 

@@ -33,8 +33,16 @@ def cross_modal_metrics(
 class PoolEmbeddings:
     """Embeddings of every pair of the pool, computed once per model state."""
 
-    def __init__(self, model: DualEncoder, pool: PairPool, batch_size: int = 128) -> None:
+    def __init__(
+        self,
+        model: DualEncoder,
+        pool: PairPool,
+        batch_size: int = 128,
+        positions: np.ndarray | None = None,
+    ) -> None:
         ok = np.flatnonzero(pool.molecule_ok)
+        if positions is not None:
+            ok = ok[np.isin(ok, positions)]
         self.positions = ok
         self.row_of = {int(p): r for r, p in enumerate(ok)}
         graphs = [pool.graphs[i] for i in ok]

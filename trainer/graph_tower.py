@@ -78,7 +78,10 @@ class MoleculeTower(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(num_layers))
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Sequential(
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim), nn.LayerNorm(out_dim)
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, out_dim),
+            nn.LayerNorm(out_dim, bias=False),  # see TextHead: a shift is removed downstream
         )
 
     def forward(

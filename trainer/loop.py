@@ -31,7 +31,7 @@ from molret.featurize import FEATURE_VOCAB_VERSION
 from . import distributed as D
 from .checkpoint import load_training_state, load_weights, save_training_state, save_weights
 from .config import Config, save_config
-from .dataset import epoch_permutation, graph_tensors, prepare_pool
+from .dataset import epoch_batches, graph_tensors, prepare_pool
 from .evaluate import PoolEmbeddings, mean_mrr
 from .losses import (
     Critic,
@@ -184,12 +184,18 @@ class Trainer:
             raise ValueError(
                 f"batch_size {batch} must divide evenly over {self.dist.world_size} processes"
             )
-        self.steps_per_epoch = max(1, len(self.pool.train) // batch)
-        self.total_steps = config.optim.epochs * self.steps_per_epoch
-        if max_steps is not None:
-            self.total_steps = min(self.total_steps, max_steps)
+        self.train_sizes = np.array([self.pool.graphs[i].n_atoms for i in self.pool.train])  # type: ignore[union-attr]
+        self.steps_per_epoch = len(epoch_batches(self.train_sizes, batch, config.optim.seed, 0))
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(self.pool.train)} training pairs do not fill one batch of {batch}"
+            )
+        # The schedule always spans the configured epochs; --max-steps only stops early (like
+        # a kill), so a stopped run resumed later follows the same learning-rate curve.
+        scheduled = config.optim.epochs * self.steps_per_epoch
+        self.total_steps = scheduled if max_steps is None else min(scheduled, max_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_linear(config.optim.warmup_steps, self.total_steps)
+            self.optimizer, warmup_linear(config.optim.warmup_steps, scheduled)
         )
         self.show_progress = show_progress and self.dist.is_main
         self.progress = Progress()
@@ -286,7 +292,8 @@ class Trainer:
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate_selection(self) -> dict[str, Any]:
-        embeddings = PoolEmbeddings(self.model, self.pool, self.config.data.eval_batch_size)
+        subset = self.pool.validation if self.config.data.selection_pool == "validation" else None
+        embeddings = PoolEmbeddings(self.model, self.pool, self.config.data.eval_batch_size, subset)
         return embeddings.evaluate(self.pool.select)
 
     def final_evaluation(self) -> dict[str, Any]:
@@ -321,14 +328,14 @@ class Trainer:
         )  # fmt: skip
         losses: list[float] = []
         while self.progress.global_step < self.total_steps:
-            order = epoch_permutation(len(self.pool.train), cfg.seed, self.progress.epoch)
+            batches = epoch_batches(self.train_sizes, batch, cfg.seed, self.progress.epoch)
             epoch_started = time.perf_counter()
             while (
                 self.progress.step_in_epoch < self.steps_per_epoch
                 and self.progress.global_step < self.total_steps
             ):
                 s = self.progress.step_in_epoch
-                positions = self.pool.train[order[s * batch : (s + 1) * batch]]
+                positions = self.pool.train[batches[s]]
                 t0 = time.perf_counter()
                 terms = self.step(positions)
                 self.progress.train_seconds += time.perf_counter() - t0
@@ -339,10 +346,11 @@ class Trainer:
                 bar.set_postfix(loss=f"{terms['total']:.4f}", epoch=self.progress.epoch)
                 if self.progress.global_step % cfg.checkpoint_every_steps == 0:
                     self.save_last()
-            epoch_done = self.progress.step_in_epoch >= self.steps_per_epoch
-            if epoch_done or self.progress.global_step >= self.total_steps:
+            if self.progress.step_in_epoch >= self.steps_per_epoch:
                 self.end_epoch(losses, time.perf_counter() - epoch_started)
                 losses = []
+            else:  # stopped inside an epoch: keep the position so a rerun resumes there
+                self.save_last()
         bar.close()
         D.barrier()
         result: dict[str, Any] = {}

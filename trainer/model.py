@@ -62,7 +62,9 @@ class TextHead(nn.Module):
     def __init__(self, hidden: int, dim: int) -> None:
         super().__init__()
         self.proj = nn.Linear(hidden, dim)
-        self.norm = nn.LayerNorm(dim)
+        # No LayerNorm bias: a constant shift of every state is removed by the projector's
+        # BatchNorm, so that bias would only collect zero gradients.
+        self.norm = nn.LayerNorm(dim, bias=False)
 
     def forward(self, token_states: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(token_states))

@@ -36,11 +36,14 @@ class MemoryBankProjector(nn.Module):
         if use_memory:
             # Every slot is learnable (the official code froze one at zero via padding_idx).
             self.memory = nn.Parameter(torch.randn(num_memories, dim) / math.sqrt(dim))
+            # No biases: the key bias cancels in the softmax, value/output biases only shift the
+            # pooled vector (removed by the head's BatchNorm) and the query bias is absorbed by
+            # the learnable memories. Kept, they get zero gradient that Adam turns into noise.
             self.attention = nn.MultiheadAttention(
-                dim, num_heads, dropout=dropout, batch_first=True
+                dim, num_heads, dropout=dropout, batch_first=True, bias=False
             )
         self.log_scale = nn.Parameter(torch.tensor(scale_init))
-        self.head = nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.Tanh())
+        self.head = nn.Sequential(nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.Tanh())
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """One vector per item, before the shared head."""

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Train every config in configs/ablations/ on the same split and budget, one after another,
+# then print the table (benchmarks/ablation_table.py). Usage:
+#   MOLRET_DATA=../shared/data/chebi20 bash benchmarks/run_ablations.sh RUNS_DIR [THREADS]
+set -euo pipefail
+runs=${1:?runs directory}
+threads=${2:-1}
+for cfg in configs/ablations/*.yaml; do
+  name=$(basename "$cfg" .yaml)
+  molret train --config "$cfg" --out "$runs/$name" --threads "$threads" > "$runs/$name.log" 2>&1
+done
+python benchmarks/ablation_table.py "$runs"/*/
