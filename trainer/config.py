@@ -105,7 +105,33 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     return config
 
 
+def _check_types(section: str, values: Any) -> None:
+    """YAML reads `1e-4` as a string: refuse wrong types here, not deep inside the optimizer."""
+    for f in dataclasses.fields(values):
+        value = getattr(values, f.name)
+        default = f.default
+        if value is None or default is None or default is dataclasses.MISSING:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if ok:
+                setattr(values, f.name, float(value))
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ValueError(
+                f"{section}.{f.name} must be {type(default).__name__}, got {value!r} "
+                "(write floats like 1.0e-4: YAML reads 1e-4 as a string)"
+            )
+
+
 def validate(config: Config) -> None:
+    for section in _SECTIONS:
+        _check_types(section, getattr(config, section))
     if config.loss.first_order not in ("triplet", "infonce"):
         raise ValueError(
             f"loss.first_order must be triplet or infonce, got {config.loss.first_order!r}"
@@ -123,8 +149,13 @@ def validate(config: Config) -> None:
 def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> Config:
     raw = yaml.safe_load(Path(path).read_text()) or {}
     for dotted, value in (overrides or {}).items():
+        if dotted == "name":
+            raw["name"] = value
+            continue
+        if "." not in dotted:
+            raise ValueError(f"override {dotted!r} must be SECTION.KEY, e.g. optim.seed")
         section, key = dotted.split(".", 1)
-        raw.setdefault(section, {})[key] = value
+        raw[section] = {**(raw.get(section) or {}), key: value}
     return config_from_dict(raw)
 
 

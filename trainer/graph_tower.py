@@ -36,11 +36,16 @@ def gather_sources(h: torch.Tensor, edge_src: torch.Tensor) -> torch.Tensor:
     return torch.gather(h, 1, index)
 
 
-def incidence(edge_dst: torch.Tensor, edge_mask: torch.Tensor, max_nodes: int) -> torch.Tensor:
+def incidence(
+    edge_dst: torch.Tensor,
+    edge_mask: torch.Tensor,
+    max_nodes: int,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """[B, N, E] one-hot of destination atoms; masked edges are all-zero columns."""
     nodes = torch.arange(max_nodes, device=edge_dst.device).view(1, -1, 1)
     hits = (edge_dst.unsqueeze(1) == nodes) & edge_mask.unsqueeze(1)
-    return hits.to(torch.float32)
+    return hits.to(dtype)
 
 
 class DenseGINELayer(nn.Module):
@@ -93,8 +98,9 @@ class MoleculeTower(nn.Module):
         atom_mask: torch.Tensor,
         edge_mask: torch.Tensor,
     ) -> torch.Tensor:
-        node_mask = atom_mask.unsqueeze(-1).to(torch.float32)
-        inc = incidence(edge_dst, edge_mask, atom_features.shape[1])
+        dtype = self.atom_embedding.table.weight.dtype
+        node_mask = atom_mask.unsqueeze(-1).to(dtype)
+        inc = incidence(edge_dst, edge_mask, atom_features.shape[1], dtype)
         h = self.atom_embedding(atom_features) * node_mask
         for bond_embedding, layer, norm in zip(
             self.bond_embeddings, self.layers, self.norms, strict=True

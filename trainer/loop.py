@@ -250,18 +250,31 @@ class Trainer:
         return {k: float(v.detach()) for k, v in terms.items()}
 
     # -- checkpoints --------------------------------------------------------------------------
+    def training_only_state(self) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
+        """Modules and optimizers that a resume needs but an export does not."""
+        modules: dict[str, nn.Module] = {"objective": self.objective}
+        optimizers: dict[str, torch.optim.Optimizer] = {}
+        if self.critic is not None and self.critic_optimizer is not None:
+            modules["critic"] = self.critic
+            optimizers["critic_optim"] = self.critic_optimizer
+        return modules, optimizers
+
     def save_last(self) -> None:
         if self.dist.is_main:
+            modules, optimizers = self.training_only_state()
             save_training_state(
                 self.run_dir / "last.safetensors", self.model, self.optimizer, self.scheduler,
-                self.progress.__dict__,
+                self.progress.__dict__, modules, optimizers,
             )  # fmt: skip
 
     def try_resume(self) -> bool:
         path = self.run_dir / "last.safetensors"
         if not path.is_file():
             return False
-        state = load_training_state(path, self.model, self.optimizer, self.scheduler)
+        modules, optimizers = self.training_only_state()
+        state = load_training_state(
+            path, self.model, self.optimizer, self.scheduler, modules, optimizers
+        )
         self.progress = Progress(**state)
         log.info(
             "resumed from %s at epoch %d step %d",

@@ -144,12 +144,6 @@ def test_overrides_are_validated(tmp_path: Path) -> None:
         load_config(path, {"model.num_heads": 7})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG in trainer/config.py load_config: an empty section ('loss:' -> None) is "
-    "accepted by config_from_dict, but an override into it does None[key] = value",
-)
 def test_override_into_empty_section(tmp_path: Path) -> None:
     path = write(tmp_path, "model:\n  embed_dim: 32\nloss:\n")
     assert load_config(path).loss == LossConfig()  # an empty section itself is fine
@@ -165,12 +159,6 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert config_from_dict(config.to_dict()) == config
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="GAP in trainer/config.py validate: no type check, so YAML 1.1's '1e-4' (a string to "
-    "PyYAML) is accepted as optim.lr and only fails later inside the optimizer/scheduler",
-)
 def test_scientific_notation_is_a_number_or_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "optim:\n  lr: 1e-4\n")
     try:
