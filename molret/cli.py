@@ -74,6 +74,9 @@ def train(
         overrides["optim.epochs"] = epochs
     try:
         cfg = load_config(config, overrides)
+    except (OSError, ValueError) as exc:
+        raise _fail(f"config {config}: {exc}") from exc
+    try:
         result = run_training(cfg, data, out, max_steps=max_steps, cache_dir=cache)
     except DataNotFound as exc:
         raise _fail(str(exc)) from exc

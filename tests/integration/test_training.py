@@ -131,3 +131,28 @@ def test_torchrun_two_processes_equal_single_process(
     loss1 = json.loads((single / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
     loss2 = json.loads((double / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
     assert loss2 == pytest.approx(loss1, rel=1e-5)
+
+
+def test_sigkill_then_resume_matches_uninterrupted(
+    tiny_data: Path, tmp_path: Path, shared_cache: Path
+) -> None:
+    """A real kill -9 while training, then a rerun: same final weights as a run never killed."""
+    import signal
+    import time
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_train(tiny_data, straight, shared_cache, "--epochs", "6")
+    env = {**os.environ, "MOLRET_CACHE": str(shared_cache), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "molret.cli", "train", "--config", str(SMOKE), "--data", str(tiny_data),
+           "--out", str(killed), "--epochs", "6"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed / "last.safetensors").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    run_train(tiny_data, killed, shared_cache, "--epochs", "6")
+    ws, wk = weights(straight), weights(killed)
+    for key in ws:
+        torch.testing.assert_close(wk[key], ws[key], rtol=0, atol=1e-6, msg=key)
