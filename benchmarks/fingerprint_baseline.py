@@ -7,10 +7,17 @@ Molecule side: RDKit Morgan count fingerprint (radius 2, 2048 bits, log1p of the
 concatenated with the 167 MACCS keys: 2,215 floats.
 
 Two small projections into a shared space are trained with symmetric InfoNCE and a learnable
-temperature (init 0.07) using AdamW: Linear(384 -> dim) for text, and for molecules either a
-1-hidden-layer MLP Linear(2215 -> 512)-ReLU-Linear(512 -> dim) (the default) or a single
-Linear (``mol_hidden=0``). After every epoch the validation text->molecule MRR is computed
-against the full pool, and the best epoch's weights are kept.
+temperature (init 0.07) using AdamW (weight decay 0.01): Linear(384 -> dim) for text and, by
+default, Linear(2215 -> dim) for molecules; ``mol_hidden > 0`` gives a 1-hidden-layer MLP
+Linear(2215 -> mol_hidden)-ReLU-Linear(mol_hidden -> dim) instead. After every epoch the
+text->molecule MRR of the selection queries is computed against the full pool, and the best
+epoch's weights are kept.
+
+Defaults (dim 256, linear molecule head, batch 1024, lr 1e-3, 40 epochs) were picked on the
+selection half of validation.txt only, among: MLP vs linear head, lr 1e-4..2e-3, batch
+256..2048, dim 256/512, weight decay 0.01/0.5, 15..60 epochs. The MLP head memorises the train
+pairs within a few epochs (train loss ~0.05) and stays about 3 MRR points below the linear
+head; larger batches (more in-batch negatives) help by about 2 points.
 
 Every query is ranked against all train + validation items (29,708 on ChEBI-20): text queries
 against every molecule, molecule queries against every text. Ties count pessimistically
@@ -19,7 +26,7 @@ their molecule embeddings are identical and tie exactly.
 
 Two protocols:
   * ``validation``: pick the epoch on all of validation.txt and report on validation.txt
-    (the protocol of the published yardstick: selection and report on the same queries);
+    (the protocol of the quoted yardstick: selection and report on the same queries);
   * ``select``: pick the epoch on the *selection* half of validation and report on the
     *holdout* half (`molret.trainer.dataset.split_validation`), which the trainer also uses.
 
@@ -207,10 +214,10 @@ def train_baseline(
     text_feats: np.ndarray,
     mol_feats: np.ndarray,
     *,
-    epochs: int = 30,
+    epochs: int = 40,
     dim: int = 256,
-    mol_hidden: int = 512,
-    batch_size: int = 256,
+    mol_hidden: int = 0,
+    batch_size: int = 1024,
     lr: float = 1e-3,
     weight_decay: float = 0.01,
     seed: int = 0,
@@ -344,10 +351,10 @@ def run(
     selection: str = "validation",
     *,
     prepared: Prepared | None = None,
-    epochs: int = 30,
+    epochs: int = 40,
     dim: int = 256,
-    mol_hidden: int = 512,
-    batch_size: int = 256,
+    mol_hidden: int = 0,
+    batch_size: int = 1024,
     lr: float = 1e-3,
     weight_decay: float = 0.01,
     seed: int = 0,
@@ -459,12 +466,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=None, help="ChEBI-20 folder")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--mol-hidden", type=int, default=512, help="0 = linear molecule head")
+    parser.add_argument("--mol-hidden", type=int, default=0, help="0 = linear molecule head")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch log")
     args = parser.parse_args(argv)

@@ -103,6 +103,8 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
                 if self.num_batches_tracked is not None:
                     self.num_batches_tracked.add_(1)
         normed = (x - mean) / torch.sqrt(var + self.eps)
+        if self.weight is None or self.bias is None:
+            return normed
         return normed * self.weight + self.bias
 
 

@@ -93,7 +93,7 @@ class DualEncoder(nn.Module):
     def encode_text_states(self, token_states: torch.Tensor, mask: torch.Tensor) -> Encoded:
         """From encoder token states [B, L, hidden] and a bool mask [B, L]."""
         states = self.text_head(token_states)
-        return Encoded(self.projector(states, mask), masked_mean(states, mask))
+        return Encoded(self.projector(states, mask, "text"), masked_mean(states, mask))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
         if self.text_encoder is None:
@@ -104,7 +104,8 @@ class DualEncoder(nn.Module):
     def encode_molecule(self, graphs: GraphTensors) -> Encoded:
         states = self.molecule_tower(*graphs.as_args())
         return Encoded(
-            self.projector(states, graphs.atom_mask), masked_mean(states, graphs.atom_mask)
+            self.projector(states, graphs.atom_mask, "molecule"),
+            masked_mean(states, graphs.atom_mask),
         )
 
 

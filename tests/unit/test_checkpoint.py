@@ -147,9 +147,12 @@ def test_training_state_round_trip(trained) -> None:
     assert [g["lr"] for g in fresh_opt.param_groups] == [g["lr"] for g in optimizer.param_groups]
     assert torch.equal(torch.get_rng_state(), rng)
     # BatchNorm running statistics are weights too.
-    bn_old, bn_new = model.projector.head[1], fresh_model.projector.head[1]
-    assert int(bn_new.num_batches_tracked) == int(bn_old.num_batches_tracked) == 4
-    torch.testing.assert_close(bn_new.running_var, bn_old.running_var, atol=0, rtol=0)
+    # Each modality keeps its own statistics: 2 steps = 2 batches tracked per modality.
+    for modality in ("text", "molecule"):
+        bn_old = model.projector.head_norm.norms[modality]
+        bn_new = fresh_model.projector.head_norm.norms[modality]
+        assert int(bn_new.num_batches_tracked) == int(bn_old.num_batches_tracked) == 2
+        torch.testing.assert_close(bn_new.running_var, bn_old.running_var, atol=0, rtol=0)
 
 
 def test_resumed_training_continues_identically(trained) -> None:

@@ -25,9 +25,11 @@ def make_projector(use_memory: bool = True, seed: int = 0) -> MemoryBankProjecto
     with torch.no_grad():
         for _ in range(3):
             states = torch.randn(8, 6, DIM) * 2 + 0.5
-            proj(states, torch.ones(8, 6, dtype=torch.bool))
-    bn = proj.head[1]
+            proj(states, torch.ones(8, 6, dtype=torch.bool), "text")
+            proj(states * 0.5 - 1.0, torch.ones(8, 6, dtype=torch.bool), "molecule")
+    bn = proj.head_norm.norms["text"]
     assert not torch.allclose(bn.running_mean, torch.zeros(DIM))
+    assert not torch.allclose(bn.running_mean, proj.head_norm.norms["molecule"].running_mean)
     return proj.eval()
 
 
@@ -55,7 +57,9 @@ def with_garbage_padding(
 # An independent reference of the eval-mode forward
 
 
-def reference_forward(proj: MemoryBankProjector, states: torch.Tensor, mask: torch.Tensor):
+def reference_forward(
+    proj: MemoryBankProjector, states: torch.Tensor, mask: torch.Tensor, modality: str = "text"
+):
     """Eval-mode forward written out: multi-head attention by hand, then the head."""
     outs = []
     for b in range(states.shape[0]):
@@ -81,21 +85,24 @@ def reference_forward(proj: MemoryBankProjector, states: torch.Tensor, mask: tor
         else:
             pooled = valid.mean(0)
         pooled = pooled * torch.exp(proj.log_scale)
-        lin, bn = proj.head[0], proj.head[1]
+        lin, bn = proj.head_linear, proj.head_norm.norms[modality]
+        weight, shift = proj.head_norm.weight, proj.head_norm.bias
         z = pooled @ lin.weight.T + (lin.bias if lin.bias is not None else 0.0)
-        z = (z - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+        z = (z - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * weight + shift
         z = torch.tanh(z)
         outs.append(z / z.norm())
     return torch.stack(outs)
 
 
+@pytest.mark.parametrize("modality", ["text", "molecule"])
 @pytest.mark.parametrize("use_memory", [True, False])
-def test_eval_forward_matches_reference(use_memory: bool) -> None:
+def test_eval_forward_matches_reference(use_memory: bool, modality: str) -> None:
+    """Each modality is normalised with its own running statistics."""
     proj = make_projector(use_memory)
     states, mask = random_batch([3, 7, 1, 5], max_len=7, seed=1)
     with torch.no_grad():
-        got = proj(states, mask)
-        want = reference_forward(proj, states, mask)
+        got = proj(states, mask, modality)
+        want = reference_forward(proj, states, mask, modality)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -110,8 +117,8 @@ def test_padding_does_not_change_the_embedding(use_memory: bool, extra: int) -> 
     states, mask = random_batch([2, 6, 4], max_len=6, seed=2)
     padded_states, padded_mask = with_garbage_padding(states, mask, extra, seed=3)
     with torch.no_grad():
-        clean = proj(states, mask)
-        noisy = proj(padded_states, padded_mask)
+        clean = proj(states, mask, "text")
+        noisy = proj(padded_states, padded_mask, "text")
     torch.testing.assert_close(noisy, clean, atol=1e-5, rtol=0)
 
 
@@ -120,8 +127,8 @@ def test_item_embedding_is_independent_of_the_rest_of_the_batch(use_memory: bool
     proj = make_projector(use_memory)
     states, mask = random_batch([4, 2, 5], max_len=5, seed=4)
     with torch.no_grad():
-        together = proj(states, mask)
-        alone = torch.cat([proj(states[i : i + 1], mask[i : i + 1]) for i in range(3)])
+        together = proj(states, mask, "text")
+        alone = torch.cat([proj(states[i : i + 1], mask[i : i + 1], "text") for i in range(3)])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
 
 
@@ -130,11 +137,11 @@ def test_outputs_are_unit_norm(use_memory: bool) -> None:
     proj = make_projector(use_memory)
     states, mask = random_batch([1, 3, 8, 8], max_len=8, seed=5)
     with torch.no_grad():
-        out = proj(states * 10, mask)
+        out = proj(states * 10, mask, "text")
     assert out.shape == (4, DIM)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(4), atol=1e-5, rtol=0)
     proj.train()
-    out = proj(states, mask)
+    out = proj(states, mask, "text")
     torch.testing.assert_close(out.norm(dim=1), torch.ones(4), atol=1e-5, rtol=0)
 
 
@@ -157,7 +164,7 @@ def test_every_memory_slot_receives_gradient(train: bool) -> None:
     proj.train(train)
     states, mask = random_batch([3, 5, 2, 4], max_len=5, seed=6)
     target = torch.randn(4, DIM, generator=torch.Generator().manual_seed(7))
-    (proj(states, mask) * target).sum().backward()
+    (proj(states, mask, "text") * target).sum().backward()
     assert proj.memory.requires_grad
     assert proj.memory.grad is not None
     per_slot = proj.memory.grad.norm(dim=1)
@@ -218,37 +225,45 @@ def test_global_batchnorm_equals_batchnorm_in_one_process(momentum: float | None
 
 
 def test_convert_batchnorm_keeps_weights_and_running_stats() -> None:
-    proj = make_projector(True, seed=3)
-    proj.train()
-    old_bn = proj.head[1]
+    reference = nn.BatchNorm1d(DIM)
+    reference.train()
     with torch.no_grad():
-        old_bn.weight.uniform_(0.5, 1.5)
-        old_bn.bias.uniform_(-0.5, 0.5)
-    old_state = {k: v.clone() for k, v in old_bn.state_dict().items()}
+        for _ in range(3):
+            reference(torch.randn(8, DIM) * 2 + 0.5)
+        reference.weight.uniform_(0.5, 1.5)
+        reference.bias.uniform_(-0.5, 0.5)
+    old_state = {k: v.clone() for k, v in reference.state_dict().items()}
     assert int(old_state["num_batches_tracked"]) == 3
-    states, mask = random_batch([3, 4, 2], max_len=4, seed=8)
-    proj.eval()
+    x = torch.randn(5, DIM)
+    reference.eval()
     with torch.no_grad():
-        before = proj(states, mask)
+        before = reference(x)
 
-    wrapper = nn.Sequential(proj)  # conversion must recurse into nested children
+    wrapper = nn.Sequential(nn.Sequential(reference))  # conversion must recurse into children
     assert D.convert_batchnorm(wrapper) is wrapper
-    new_bn = proj.head[1]
+    new_bn = wrapper[0][0]
     assert isinstance(new_bn, D.GlobalBatchNorm1d)
     for key, value in old_state.items():
         torch.testing.assert_close(new_bn.state_dict()[key], value, atol=0, rtol=0)
-    assert new_bn.eps == old_bn.eps and new_bn.momentum == old_bn.momentum
-    assert new_bn.affine == old_bn.affine
-    assert new_bn.track_running_stats == old_bn.track_running_stats
+    assert new_bn.eps == reference.eps and new_bn.momentum == reference.momentum
+    assert new_bn.affine == reference.affine
+    assert new_bn.track_running_stats == reference.track_running_stats
     # The converted parameters are the ones in the module's parameter list (what the optimizer
     # will be built from), and the output is unchanged.
-    assert any(p is new_bn.weight for p in proj.parameters())
-    proj.eval()
+    assert any(p is new_bn.weight for p in wrapper.parameters())
+    new_bn.eval()
     with torch.no_grad():
-        torch.testing.assert_close(proj(states, mask), before, atol=0, rtol=0)
+        torch.testing.assert_close(new_bn(x), before, atol=0, rtol=0)
     # Converting again leaves the GlobalBatchNorm1d in place.
     D.convert_batchnorm(wrapper)
-    assert proj.head[1] is new_bn
+    assert wrapper[0][0] is new_bn
+
+
+def test_convert_batchnorm_reaches_the_projector_head() -> None:
+    proj = make_projector(True, seed=3)
+    D.convert_batchnorm(proj)
+    for norm in proj.head_norm.norms.values():
+        assert isinstance(norm, D.GlobalBatchNorm1d) and norm.weight is None
 
 
 def test_single_process_helpers_are_no_ops() -> None:
