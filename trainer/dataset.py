@@ -106,31 +106,16 @@ def prepare_pool(
 
 
 def graph_tensors(graphs: Sequence[MolGraph]) -> GraphTensors:
-    """Pad a list of graphs to their own largest size (training needs no fixed buckets)."""
+    """Pad a list of graphs to their own largest size (the dense form that export uses)."""
     max_nodes, max_edges = smallest_fitting_shape(graphs)
     return GraphTensors.from_batch(pad_graphs(graphs, max_nodes, max_edges))
 
 
-def epoch_batches(
-    sizes: np.ndarray, batch_size: int, seed: int, epoch: int, pool_batches: int = 50
-) -> list[np.ndarray]:
-    """The batches of one epoch, as indices into `sizes`: a function of (seed, epoch) only, so a
-    resumed run and every torchrun process see the same batches.
-
-    Batches are padded to their largest molecule, and ChEBI-20 sizes are long-tailed (median 25
-    atoms, max 574), so random batches spend most compute on padding. Shuffling, then sorting
-    by size inside windows of `pool_batches` batches, then shuffling the batches cuts that about
-    fivefold while every epoch still sees a different mix.
-    """
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The batches of one epoch (indices into the training pairs, last partial batch dropped):
+    a function of (seed, epoch) only, so a resumed run and every torchrun process see the same
+    batches. Batches are uniformly random: the head's BatchNorm must see batch statistics that
+    match the population statistics it uses at evaluation (size-sorted batches broke that)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(len(sizes), generator=generator).numpy()
-    window = batch_size * pool_batches
-    batches: list[np.ndarray] = []
-    for start in range(0, len(order) - batch_size + 1, window):
-        chunk = order[start : start + window]
-        chunk = chunk[np.argsort(sizes[chunk], kind="stable")]
-        batches.extend(
-            chunk[i : i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)
-        )
-    shuffle = torch.randperm(len(batches), generator=generator).numpy()
-    return [batches[i] for i in shuffle]
+    order = torch.randperm(n, generator=generator).numpy()
+    return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]

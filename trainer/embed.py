@@ -10,7 +10,7 @@ import torch
 from molret.featurize import MolGraph
 from molret.text import encode, load_tokenizer
 
-from .model import DualEncoder
+from .model import DualEncoder, PackedGraphs
 from .text_cache import TokenStateCache
 
 
@@ -24,12 +24,10 @@ def _size_sorted_batches(sizes: Sequence[int], batch_size: int) -> list[np.ndarr
 def embed_molecules(
     model: DualEncoder, graphs: Sequence[MolGraph], batch_size: int = 128
 ) -> np.ndarray:
-    from .dataset import graph_tensors
-
     model.eval()
     out = np.zeros((len(graphs), model.config.embed_dim), dtype=np.float32)
     for idx in _size_sorted_batches([g.n_atoms for g in graphs], batch_size):
-        batch = graph_tensors([graphs[i] for i in idx])
+        batch = PackedGraphs.from_graphs([graphs[i] for i in idx])
         out[idx] = model.encode_molecule(batch).embedding.numpy()
     return out
 

@@ -31,7 +31,7 @@ from molret.featurize import FEATURE_VOCAB_VERSION
 from . import distributed as D
 from .checkpoint import load_training_state, load_weights, save_training_state, save_weights
 from .config import Config, save_config
-from .dataset import epoch_batches, graph_tensors, prepare_pool
+from .dataset import epoch_batches, prepare_pool
 from .evaluate import PoolEmbeddings, mean_mrr
 from .losses import (
     Critic,
@@ -41,7 +41,7 @@ from .losses import (
     info_nce,
     second_order_losses,
 )
-from .model import DualEncoder, Encoded, freeze_lower_layers
+from .model import DualEncoder, Encoded, PackedGraphs, freeze_lower_layers
 from .text_encoder import load_text_encoder, resolve_text_encoder
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,7 @@ class Trainer:
             raise ValueError(
                 f"batch_size {batch} must divide evenly over {self.dist.world_size} processes"
             )
-        self.train_sizes = np.array([self.pool.graphs[i].n_atoms for i in self.pool.train])  # type: ignore[union-attr]
-        self.steps_per_epoch = len(epoch_batches(self.train_sizes, batch, config.optim.seed, 0))
+        self.steps_per_epoch = len(self.pool.train) // batch
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"{len(self.pool.train)} training pairs do not fill one batch of {batch}"
@@ -208,7 +207,7 @@ class Trainer:
 
     def encode_batch(self, positions: np.ndarray) -> tuple[Encoded, Encoded]:
         pool = self.pool
-        graphs = graph_tensors([pool.graphs[i] for i in positions])  # type: ignore[misc]
+        graphs = PackedGraphs.from_graphs([pool.graphs[i] for i in positions])  # type: ignore[misc]
         mol = self.model.encode_molecule(graphs)
         if self.model.text_encoder is None:
             states, mask = pool.texts.batch(positions.tolist())
@@ -341,7 +340,7 @@ class Trainer:
         )  # fmt: skip
         losses: list[float] = []
         while self.progress.global_step < self.total_steps:
-            batches = epoch_batches(self.train_sizes, batch, cfg.seed, self.progress.epoch)
+            batches = epoch_batches(len(self.pool.train), batch, cfg.seed, self.progress.epoch)
             epoch_started = time.perf_counter()
             while (
                 self.progress.step_in_epoch < self.steps_per_epoch

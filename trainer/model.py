@@ -8,10 +8,14 @@ encoder in front of the trained head.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
+
+from molret.featurize import MolGraph
 
 from .config import ModelConfig
 from .graph_tower import MoleculeTower
@@ -46,6 +50,38 @@ class GraphTensors:
             self.atom_features, self.bond_features, self.edge_src, self.edge_dst,
             self.atom_mask, self.edge_mask,
         )  # fmt: skip
+
+
+@dataclass
+class PackedGraphs:
+    """A batch as one disconnected graph: atoms and edges concatenated, edge indices global."""
+
+    atom_features: torch.Tensor  # [n_atoms_total, F_atom]
+    bond_features: torch.Tensor  # [n_edges_total, F_bond]
+    edge_src: torch.Tensor  # [n_edges_total]
+    edge_dst: torch.Tensor  # [n_edges_total]
+    atom_counts: list[int]
+
+    @classmethod
+    def from_graphs(cls, graphs: Sequence[MolGraph]) -> PackedGraphs:
+        offsets = np.cumsum([0] + [g.n_atoms for g in graphs[:-1]])
+        edges = np.concatenate(
+            [g.edge_index + o for g, o in zip(graphs, offsets, strict=True)], axis=1
+        )
+        return cls(
+            atom_features=torch.from_numpy(np.concatenate([g.atom_features for g in graphs])),
+            bond_features=torch.from_numpy(np.concatenate([g.bond_features for g in graphs])),
+            edge_src=torch.from_numpy(edges[0]),
+            edge_dst=torch.from_numpy(edges[1]),
+            atom_counts=[g.n_atoms for g in graphs],
+        )
+
+    def pad(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed atom states -> padded [B, N, d] and a bool mask, for the attention pooling."""
+        padded = nn.utils.rnn.pad_sequence(list(states.split(self.atom_counts)), batch_first=True)
+        counts = torch.tensor(self.atom_counts)
+        mask = torch.arange(padded.shape[1]).unsqueeze(0) < counts.unsqueeze(1)
+        return padded, mask
 
 
 @dataclass
@@ -101,7 +137,13 @@ class DualEncoder(nn.Module):
         out = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
         return self.encode_text_states(out.last_hidden_state, attention_mask.bool())
 
-    def encode_molecule(self, graphs: GraphTensors) -> Encoded:
+    def encode_molecule(self, graphs: GraphTensors | PackedGraphs) -> Encoded:
+        if isinstance(graphs, PackedGraphs):
+            packed = self.molecule_tower.forward_packed(
+                graphs.atom_features, graphs.bond_features, graphs.edge_src, graphs.edge_dst
+            )
+            states, mask = graphs.pad(packed)
+            return Encoded(self.projector(states, mask, "molecule"), masked_mean(states, mask))
         states = self.molecule_tower(*graphs.as_args())
         return Encoded(
             self.projector(states, graphs.atom_mask, "molecule"),

@@ -130,7 +130,7 @@ def test_torchrun_two_processes_equal_single_process(
         torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=2e-5, msg=key)
     loss1 = json.loads((single / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
     loss2 = json.loads((double / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
-    assert loss2 == pytest.approx(loss1, rel=1e-5)
+    assert loss2 == pytest.approx(loss1, rel=1e-4)
 
 
 def test_sigkill_then_resume_matches_uninterrupted(

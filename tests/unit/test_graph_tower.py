@@ -290,3 +290,36 @@ def test_tower_forward_uses_no_scatter(graphs) -> None:
     # Positive control: the recorder did see the gather and the incidence matmul.
     assert "gather" in recorder.ops
     assert "bmm" in recorder.ops
+
+
+def test_packed_path_equals_dense_path() -> None:
+    """Training runs the packed (index_add) twin; export runs the dense one: same numbers."""
+    from molret.featurize import featurize_many, pad_graphs
+    from molret.trainer.config import ModelConfig
+    from molret.trainer.model import DualEncoder, GraphTensors, PackedGraphs
+
+    smiles = ["CCO", "[Na+].[Cl-]", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "[Te]", "C" * 30]
+    graphs, errors = featurize_many(smiles)
+    assert not errors
+    torch.manual_seed(0)
+    model = DualEncoder(
+        ModelConfig(embed_dim=16, graph_hidden=16, graph_layers=3, num_memories=4), 8
+    )
+    model.eval()
+    dense = GraphTensors.from_batch(pad_graphs(graphs, 40, 90))
+    packed = PackedGraphs.from_graphs(graphs)
+    with torch.no_grad():
+        states_dense = model.molecule_tower(*dense.as_args())
+        states_packed = model.molecule_tower.forward_packed(
+            packed.atom_features, packed.bond_features, packed.edge_src, packed.edge_dst
+        )
+        for i, part in enumerate(states_packed.split(packed.atom_counts)):
+            torch.testing.assert_close(
+                part, states_dense[i, : graphs[i].n_atoms], atol=1e-5, rtol=1e-5
+            )
+        torch.testing.assert_close(
+            model.encode_molecule(packed).embedding,
+            model.encode_molecule(dense).embedding,
+            atol=1e-5,
+            rtol=1e-5,
+        )
