@@ -59,10 +59,6 @@ def train(
 ) -> None:
     """Train the dual encoder; writes checkpoints, metrics.jsonl and eval.json into OUT."""
     _setup_logging(verbose)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
     from molret.data import DataNotFound
     from molret.trainer.config import load_config
     from molret.trainer.loop import train as run_training
@@ -77,7 +73,7 @@ def train(
     except (OSError, ValueError) as exc:
         raise _fail(f"config {config}: {exc}") from exc
     try:
-        result = run_training(cfg, data, out, max_steps=max_steps, cache_dir=cache)
+        result = run_training(cfg, data, out, max_steps=max_steps, cache_dir=cache, threads=threads)
     except DataNotFound as exc:
         raise _fail(str(exc)) from exc
     if result:

@@ -404,7 +404,10 @@ def train(
     max_steps: int | None = None,
     cache_dir: Path | None = None,
     show_progress: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
+    if threads is not None:
+        torch.set_num_threads(threads)
     trainer = Trainer(config, data_dir, run_dir, max_steps, cache_dir, show_progress)
     try:
         return trainer.run()

@@ -40,7 +40,7 @@ def test_read_pairs_fixture() -> None:
     assert len(pairs) == 33
     assert all(isinstance(pair, Pair) for pair in pairs)
     assert (pairs[0].cid, pairs[0].smiles) == ("1000001", "CCO")
-    assert all(pair.description.startswith("The molecule is") for pair in pairs)
+    assert all(pair.description.startswith("This molecule is") for pair in pairs)
     assert len({pair.cid for pair in pairs}) == len(pairs)
 
 
