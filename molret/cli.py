@@ -91,13 +91,23 @@ def evaluate(
         bool, typer.Option("--json", help="print one JSON object on stdout")
     ] = False,
     cache: Annotated[Path | None, typer.Option(help="cache folder for text states")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="ONNX Runtime threads for a bundle (default: all cores)")
+    ] = None,
 ) -> None:
-    """Rank each query against the candidate pool, both directions (Text2Mol protocol)."""
-    _setup_logging(False)
-    from molret.trainer.run_eval import evaluate_run
+    """Rank each query against the candidate pool, both directions (Text2Mol protocol).
 
+    A bundle is evaluated with ONNX Runtime only (no torch needed); a run directory with the
+    PyTorch model.
+    """
+    _setup_logging(False)
     try:
-        result = evaluate_run(model, pairs, candidates, cache_dir=cache)
+        if (model / "manifest.json").is_file():
+            result = _evaluate_bundle(model, pairs, candidates, threads)
+        else:
+            from molret.trainer.run_eval import evaluate_run
+
+            result = evaluate_run(model, pairs, candidates, cache_dir=cache)
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     if as_json:
@@ -110,6 +120,75 @@ def evaluate(
             f"MRR {100 * m['mrr']:5.1f}  mean rank {m['mean_rank']:8.1f}"
         )
     typer.echo(f"queries {result['n_queries']}, candidates {result['n_candidates']}")
+
+
+def _evaluate_bundle(
+    bundle_dir: Path, pairs: Path, candidates: Path | None, threads: int | None
+) -> dict[str, object]:
+    from molret.bundle import load_bundle
+    from molret.engine.runtime import BundleEmbedder
+    from molret.evaluation import evaluate_pairs
+
+    embedder = BundleEmbedder(load_bundle(bundle_dir), threads=threads)
+    return evaluate_pairs(embedder, pairs, candidates)
+
+
+def _parse_buckets(text: str | None) -> list[tuple[int, int]] | None:
+    if not text:
+        return None
+    try:
+        buckets = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",")]
+    except ValueError as exc:
+        raise _fail(f"--buckets must look like 32x80,64x160 (got {text!r})") from exc
+    if any(len(b) != 2 or min(b) <= 0 for b in buckets):
+        raise _fail(f"--buckets must look like 32x80,64x160 (got {text!r})")
+    return buckets  # type: ignore[return-value]
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Option(help="training run directory")],
+    out: Annotated[Path, typer.Option(help="bundle directory to write")],
+    precision: Annotated[str, typer.Option(help="fp32, fp16 (GPU) or int8 (CPU)")] = "fp32",
+    tensorrt: Annotated[
+        bool, typer.Option("--tensorrt", help="also build TensorRT FP16 plans (needs a GPU)")
+    ] = False,
+    buckets: Annotated[
+        str | None,
+        typer.Option(help="molecule size buckets as NODESxEDGES list; default 32x80,...,256x640"),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="ChEBI-20 folder for the parity check; default $MOLRET_DATA"),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing bundle")] = False,
+) -> None:
+    """Export both towers to ONNX (parity-checked against PyTorch) as a checksummed bundle."""
+    _setup_logging(False)
+    from molret.export.bundle_export import ExportOptions, export_bundle
+    from molret.export.tensorrt import TensorRTUnavailable
+
+    parsed = _parse_buckets(buckets)
+    options = ExportOptions(
+        precision=precision,
+        tensorrt=tensorrt,
+        data_dir=Path(data) if data else None,
+        overwrite=overwrite,
+        **({"buckets": parsed} if parsed else {}),
+    )
+    try:
+        manifest = export_bundle(model, out, options)
+    except TensorRTUnavailable as exc:
+        raise _fail(str(exc), code=3) from exc
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from exc
+    for name, report in manifest.get("parity", {}).items():
+        typer.echo(
+            f"parity {name}: min cosine text {report['min_cosine_text']:.6f}, "
+            f"molecules {report['min_cosine_molecule']:.6f} "
+            f"({report['n_texts']} texts, {report['n_molecules']} molecules)"
+        )
+    typer.echo(f"bundle {out} ({manifest['precision']}, id {manifest['bundle_id']})")
 
 
 def main() -> None:

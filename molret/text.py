@@ -88,16 +88,20 @@ def encode(
         if reason is not None:
             raise ValueError(f"text {index}: {reason}")
     encodings = tokenizer.encode_batch(list(texts))
-    longest = max((len(e.ids) for e in encodings), default=1)
+    return pad_token_ids([e.ids for e in encodings], pad_to=pad_to)
+
+
+def pad_token_ids(id_lists: Sequence[Sequence[int]], pad_to: int | None = None) -> TokenBatch:
+    """Right-pad token id lists with 0 to the longest (or to ``pad_to``), with the mask."""
+    longest = max((len(ids) for ids in id_lists), default=1)
     width = max(longest, 1) if pad_to is None else pad_to
     if width < longest:
         raise ValueError(f"pad_to={pad_to} is shorter than the longest text ({longest} tokens)")
-    input_ids = np.zeros((len(encodings), width), dtype=np.int64)
-    attention_mask = np.zeros((len(encodings), width), dtype=np.int64)
-    for row, enc in enumerate(encodings):
-        n = len(enc.ids)
-        input_ids[row, :n] = enc.ids
-        attention_mask[row, :n] = 1
+    input_ids = np.zeros((len(id_lists), width), dtype=np.int64)
+    attention_mask = np.zeros((len(id_lists), width), dtype=np.int64)
+    for row, ids in enumerate(id_lists):
+        input_ids[row, : len(ids)] = ids
+        attention_mask[row, : len(ids)] = 1
     return TokenBatch(input_ids=input_ids, attention_mask=attention_mask)
 
 

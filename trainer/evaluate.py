@@ -6,28 +6,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from molret.metrics import retrieval_metrics
+from molret.evaluation import cross_modal_metrics
 
 from .dataset import PairPool
 from .embed import embed_cached_texts, embed_molecules
 from .model import DualEncoder
-
-
-def cross_modal_metrics(
-    text_queries: np.ndarray,
-    mol_queries: np.ndarray,
-    mol_pool: np.ndarray,
-    text_pool: np.ndarray,
-    mol_targets: np.ndarray,
-    text_targets: np.ndarray,
-) -> dict[str, object]:
-    """The `molret eval --json` object (hits and MRR as fractions)."""
-    return {
-        "text_to_molecule": retrieval_metrics(text_queries, mol_pool, mol_targets),
-        "molecule_to_text": retrieval_metrics(mol_queries, text_pool, text_targets),
-        "n_queries": int(len(text_queries)),
-        "n_candidates": int(len(mol_pool)),
-    }
 
 
 class PoolEmbeddings:

@@ -74,11 +74,28 @@ class MemoryBankProjector(nn.Module):
         """One vector per item, before the shared head."""
         if not self.use_memory:
             return masked_mean(states, mask)
-        queries = self.memory.unsqueeze(0).expand(states.shape[0], -1, -1)
-        attended, _ = self.attention(
-            queries, states, states, key_padding_mask=~mask, need_weights=False
-        )
-        return attended.mean(dim=1)
+        return self.attend(states, mask).mean(dim=1)
+
+    def attend(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, L, d] states -> [B, K, d]: every memory attends over the valid states.
+
+        The same function as ``self.attention(memories, states, states, key_padding_mask=~mask)``
+        with the same parameters (a test checks it), written out because
+        ``nn.MultiheadAttention`` bakes the traced batch size into reshapes, which would give
+        an exported graph that only accepts the example batch size. Here no shape depends on
+        the batch: the memories are projected once and broadcast.
+        """
+        attention = self.attention
+        heads = attention.num_heads
+        w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
+        q = (self.memory @ w_q.T).unflatten(-1, (heads, -1)).transpose(0, 1)  # [H, K, hd]
+        k = (states @ w_k.T).unflatten(-1, (heads, -1)).transpose(1, 2)  # [B, H, L, hd]
+        v = (states @ w_v.T).unflatten(-1, (heads, -1)).transpose(1, 2)  # [B, H, L, hd]
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # [B, H, K, L]
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        weights = F.dropout(scores.softmax(dim=-1), attention.dropout, self.training)
+        out = (weights @ v).transpose(1, 2).flatten(2)  # [B, K, d]
+        return out @ attention.out_proj.weight.T
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor, modality: str) -> torch.Tensor:
         """Final L2-normalised embeddings; `modality` is "text" or "molecule"."""

@@ -15,6 +15,8 @@ from molret.featurize import (
     BOND_FEATURE_NAMES,
     BOND_FEATURE_SIZES,
     DEFAULT_BUCKETS,
+    ENVIRONMENT_BUCKETS,
+    ENVIRONMENT_RADII,
     FEATURE_VOCAB_VERSION,
     FeaturizeFailure,
     GraphBatch,
@@ -72,7 +74,7 @@ def assert_well_formed(graph: MolGraph) -> None:
 def test_vocabulary_is_pinned() -> None:
     # Changing any of these changes what a trained model sees: bump FEATURE_VOCAB_VERSION and
     # update this test together.
-    assert FEATURE_VOCAB_VERSION == "1"
+    assert FEATURE_VOCAB_VERSION == "2"
     assert ATOM_FEATURE_NAMES == (
         "atomic_num",
         "chirality",
@@ -83,11 +85,46 @@ def test_vocabulary_is_pinned() -> None:
         "hybridization",
         "aromatic",
         "in_ring",
+        "environment_r1",
+        "environment_r2",
     )
-    assert ATOM_FEATURE_SIZES == (120, 10, 12, 12, 10, 6, 9, 2, 2)
+    assert ATOM_FEATURE_SIZES == (120, 10, 12, 12, 10, 6, 9, 2, 2, 4097, 16385)
     assert BOND_FEATURE_NAMES == ("bond_type", "stereo", "conjugated", "in_ring")
     assert BOND_FEATURE_SIZES == (6, 7, 2, 2)
     assert DEFAULT_BUCKETS == ((32, 80), (64, 160), (128, 320), (256, 640))
+
+
+def test_environment_ids_match_rdkit_morgan() -> None:
+    # Each column is RDKit's Morgan identifier of the atom's environment at that radius, folded.
+    from rdkit import Chem
+    from rdkit.Chem import rdFingerprintGenerator
+
+    smiles = "CC(=O)Oc1ccccc1C(=O)O"
+    g = featurize(smiles)
+    for radius, buckets in zip(ENVIRONMENT_RADII, ENVIRONMENT_BUCKETS, strict=True):
+        generator = rdFingerprintGenerator.GetMorganGenerator(
+            radius=radius, includeRedundantEnvironments=True
+        )
+        output = rdFingerprintGenerator.AdditionalOutput()
+        output.AllocateBitInfoMap()
+        generator.GetSparseCountFingerprint(Chem.MolFromSmiles(smiles), additionalOutput=output)
+        want = {
+            atom: identifier % buckets
+            for identifier, hits in output.GetBitInfoMap().items()
+            for atom, r in hits
+            if r == radius
+        }
+        column = g.atom_features[:, A[f"environment_r{radius}"]]
+        assert column.tolist() == [want[i] for i in range(g.n_atoms)]
+    # The methyl and the carbonyl carbon of the acetyl group get different identifiers.
+    r2 = g.atom_features[:, A["environment_r2"]]
+    assert r2[0] != r2[1]
+
+
+def test_isolated_atoms_have_no_environment() -> None:
+    g = featurize("[Na+].[Cl-]")
+    for radius, buckets in zip(ENVIRONMENT_RADII, ENVIRONMENT_BUCKETS, strict=True):
+        assert g.atom_features[:, A[f"environment_r{radius}"]].tolist() == [buckets, buckets]
 
 
 def test_ethanol() -> None:

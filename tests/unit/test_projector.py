@@ -106,6 +106,19 @@ def test_eval_forward_matches_reference(use_memory: bool, modality: str) -> None
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+def test_attend_equals_torch_multihead_attention() -> None:
+    """The written-out attention (exportable for any batch size) is nn.MultiheadAttention."""
+    proj = make_projector(True).eval()
+    states, mask = random_batch([3, 7, 1, 5], max_len=7, seed=3)
+    with torch.no_grad():
+        queries = proj.memory.unsqueeze(0).expand(states.shape[0], -1, -1)
+        want, _ = proj.attention(
+            queries, states, states, key_padding_mask=~mask, need_weights=False
+        )
+        got = proj.attend(states, mask)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------
 # Padding invariance, normalisation, batch independence
 

@@ -1,0 +1,180 @@
+"""Embeddings from a bundle with ONNX Runtime: the inference half of the engine, no torch.
+
+One ``BundleEmbedder`` owns one ONNX Runtime session for the text tower and one per molecule
+size bucket. Inputs are validated item by item first (``molret.text`` / ``molret.featurize``),
+so a bad SMILES or an empty text becomes a per-item error and the rest of the batch is still
+embedded. Molecules are grouped by the smallest bucket that holds them (static shapes), texts by
+length (padding to the longest in a chunk wastes little); both are then run in chunks of at most
+``max_batch`` rows so that memory stays bounded for any request size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from molret.bundle import Bundle, bucket_name
+from molret.featurize import MolGraph, choose_bucket, featurize_many, pad_graphs
+from molret.text import load_tokenizer, pad_token_ids, validate_text
+
+MOLECULE_INPUTS = (
+    "atom_features",
+    "bond_features",
+    "edge_src",
+    "edge_dst",
+    "atom_mask",
+    "edge_mask",
+)
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """One input that produced no embedding: its position in the request and why."""
+
+    index: int
+    item: str
+    reason: str
+
+
+@dataclass
+class EmbedResult:
+    """Embeddings of the valid inputs: ``vectors[i]`` belongs to input ``indices[i]``."""
+
+    vectors: np.ndarray
+    indices: list[int]
+    errors: list[ItemError] = field(default_factory=list)
+    prepare_us: int = 0  # tokenize / featurize
+    inference_us: int = 0
+
+
+def _session_options(threads: int | None) -> object:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def default_providers() -> list[str]:
+    """CUDA when this onnxruntime build has it, else CPU (MOLRET_ORT_PROVIDERS overrides)."""
+    import onnxruntime as ort
+
+    wanted = os.environ.get("MOLRET_ORT_PROVIDERS")
+    if wanted:
+        return [p.strip() for p in wanted.split(",") if p.strip()]
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class BundleEmbedder:
+    """Text and molecule embeddings with ONNX Runtime from a verified bundle."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        threads: int | None = None,
+        max_batch: int = 64,
+        providers: Sequence[str] | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.bundle = bundle
+        self.dim = bundle.embedding_dim
+        self.max_batch = max_batch
+        self.buckets = bundle.buckets
+        self.tokenizer = load_tokenizer(bundle.tokenizer_path, max_length=bundle.text_max_length)
+        options = _session_options(threads)
+        chosen = list(providers or default_providers())
+        self.text_session = ort.InferenceSession(
+            str(bundle.text_onnx), sess_options=options, providers=chosen
+        )
+        self.molecule_sessions = {
+            bucket: ort.InferenceSession(
+                str(bundle.molecule_onnx(bucket)), sess_options=options, providers=chosen
+            )
+            for bucket in self.buckets
+        }
+        self._float = np.float16 if bundle.precision == "fp16" else np.float32
+
+    # ---- texts -------------------------------------------------------------------------
+
+    def embed_token_ids(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """One already-tokenized chunk -> [B, d] float32."""
+        (out,) = self.text_session.run(
+            None, {"input_ids": input_ids, "attention_mask": attention_mask}
+        )
+        return np.asarray(out, dtype=np.float32)
+
+    def embed_texts(self, texts: Sequence[str]) -> EmbedResult:
+        start = time.perf_counter_ns()
+        reasons = [validate_text(text) for text in texts]
+        errors = [ItemError(i, str(texts[i]), r) for i, r in enumerate(reasons) if r is not None]
+        keep = [i for i, reason in enumerate(reasons) if reason is None]
+        id_lists = [e.ids for e in self.tokenizer.encode_batch([texts[i] for i in keep])]
+        prepared = time.perf_counter_ns()
+        vectors = np.zeros((len(keep), self.dim), dtype=np.float32)
+        order = np.argsort(
+            np.asarray([len(ids) for ids in id_lists], dtype=np.int64), kind="stable"
+        )
+        for lo in range(0, len(order), self.max_batch):
+            rows = order[lo : lo + self.max_batch]
+            tokens = pad_token_ids([id_lists[r] for r in rows])
+            vectors[rows] = self.embed_token_ids(tokens.input_ids, tokens.attention_mask)
+        done = time.perf_counter_ns()
+        return EmbedResult(
+            vectors, keep, errors, (prepared - start) // 1000, (done - prepared) // 1000
+        )
+
+    def embed_text_list(self, texts: Sequence[str]) -> np.ndarray:
+        """All texts or a ValueError naming the first bad one (for evaluation pools)."""
+        result = self.embed_texts(texts)
+        if result.errors:
+            first = result.errors[0]
+            raise ValueError(f"text {first.index}: {first.reason}")
+        return result.vectors
+
+    # ---- molecules ---------------------------------------------------------------------
+
+    def embed_graphs(self, graphs: Sequence[MolGraph]) -> np.ndarray:
+        """Graphs that each fit a bucket (``featurize_many(..., buckets)`` guarantees it)."""
+        vectors = np.zeros((len(graphs), self.dim), dtype=np.float32)
+        by_bucket: dict[tuple[int, int], list[int]] = {}
+        for position, graph in enumerate(graphs):
+            bucket = choose_bucket(graph, self.buckets)
+            if bucket is None:
+                raise ValueError(
+                    f"graph {position} ({graph.n_atoms} atoms, {graph.n_edges} edges) fits no "
+                    f"bucket of this bundle {self.buckets}"
+                )
+            by_bucket.setdefault(bucket, []).append(position)
+        for bucket, positions in by_bucket.items():
+            session = self.molecule_sessions[bucket]
+            for lo in range(0, len(positions), self.max_batch):
+                rows = positions[lo : lo + self.max_batch]
+                batch = pad_graphs([graphs[r] for r in rows], *bucket)
+                feeds = {name: getattr(batch, name) for name in MOLECULE_INPUTS}
+                (out,) = session.run(None, feeds)
+                vectors[rows] = np.asarray(out, dtype=np.float32)
+        return vectors
+
+    def embed_smiles(self, smiles: Sequence[str]) -> EmbedResult:
+        start = time.perf_counter_ns()
+        graphs, featurize_errors = featurize_many(smiles, buckets=self.buckets)
+        errors = [ItemError(e.index, e.smiles, e.reason) for e in featurize_errors]
+        keep = [i for i, g in enumerate(graphs) if g is not None]
+        prepared = time.perf_counter_ns()
+        vectors = self.embed_graphs([graphs[i] for i in keep])  # type: ignore[misc]
+        done = time.perf_counter_ns()
+        return EmbedResult(
+            vectors, keep, errors, (prepared - start) // 1000, (done - prepared) // 1000
+        )
+
+    def bucket_names(self) -> list[str]:
+        return [bucket_name(*b) for b in self.buckets]
