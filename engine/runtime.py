@@ -82,7 +82,9 @@ class BundleEmbedder:
         threads: int | None = None,
         max_batch: int = 64,
         providers: Sequence[str] | None = None,
+        tensorrt: bool = False,
     ) -> None:
+        """``tensorrt=True`` runs the bundle's TensorRT plans instead (GPU, TensorRT 10)."""
         import onnxruntime as ort
 
         self.bundle = bundle
@@ -101,7 +103,22 @@ class BundleEmbedder:
             )
             for bucket in self.buckets
         }
-        self._float = np.float16 if bundle.precision == "fp16" else np.float32
+        if tensorrt:
+            self._use_tensorrt_plans()
+
+    def _use_tensorrt_plans(self) -> None:
+        from molret.bundle import BundleError
+
+        from .tensorrt_runtime import TensorRTSession
+
+        plans = self.bundle.tensorrt_plans()
+        if not plans:
+            raise BundleError(
+                f"bundle {self.bundle.root} has no TensorRT plans (export it with --tensorrt)"
+            )
+        self.text_session = TensorRTSession(plans["text"])  # type: ignore[assignment]
+        for bucket in self.buckets:
+            self.molecule_sessions[bucket] = TensorRTSession(plans[bucket_name(*bucket)])  # type: ignore[assignment]
 
     # ---- texts -------------------------------------------------------------------------
 

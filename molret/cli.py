@@ -191,6 +191,17 @@ def export(
     typer.echo(f"bundle {out} ({manifest['precision']}, id {manifest['bundle_id']})")
 
 
+def _register_engine_commands() -> None:
+    """The engine's commands live beside the engine; their modules import nothing heavy."""
+    from molret.engine import cli_index, cli_serve
+
+    app.add_typer(cli_index.app, name="index")
+    cli_serve.register(app)
+
+
+_register_engine_commands()
+
+
 def main() -> None:
     app()
 

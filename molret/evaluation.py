@@ -65,13 +65,20 @@ def build_pools(
 def evaluate_pairs(
     embedder: Embedder, pairs_path: Path, candidates_path: Path | None
 ) -> dict[str, Any]:
+    """`molret eval` on files: PAIRS are the queries, CANDS (optional) the pool."""
+    pairs = read_pairs(pairs_path)
+    candidates = read_candidates(candidates_path) if candidates_path else None
+    return evaluate(embedder, pairs, candidates)
+
+
+def evaluate(
+    embedder: Embedder, pairs: list[Pair], candidates: list[Candidate] | None
+) -> dict[str, Any]:
     """Rank every query text against the molecule pool and every query molecule against texts.
 
     A candidate the featurizer (or the bundle's buckets) cannot take is left out of the pool
     with a warning, and so is a query whose own molecule was left out: its rank is undefined.
     """
-    pairs = read_pairs(pairs_path)
-    candidates = read_candidates(candidates_path) if candidates_path else None
     pool, pool_texts = build_pools(pairs, candidates)
     graphs, errors = featurize_many([c.smiles for c in pool], buckets=embedder.buckets)
     for err in errors:

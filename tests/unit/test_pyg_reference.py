@@ -1,0 +1,32 @@
+"""The torch-geometric baseline computes what the trained model computes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("torch_geometric")
+
+from molret.featurize import featurize_many  # noqa: E402
+from molret.trainer.config import load_config  # noqa: E402
+from molret.trainer.loop import build_model  # noqa: E402
+from molret.trainer.model import PackedGraphs  # noqa: E402
+from molret.trainer.pyg_reference import PygMoleculeEncoder  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_pyg_encoder_equals_packed_model() -> None:
+    torch.manual_seed(0)
+    model = build_model(load_config(REPO / "configs" / "smoke.yaml")).eval()
+    graphs, errors = featurize_many(
+        ["CCO", "c1ccccc1C(=O)O", "[Na+].[Cl-]", "C[C@H](N)C(=O)O", "O"]
+    )
+    assert not errors
+    reference = PygMoleculeEncoder(model)
+    with torch.no_grad():
+        want = model.encode_molecule(PackedGraphs.from_graphs(graphs)).embedding
+        got = reference(reference.batch(graphs))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

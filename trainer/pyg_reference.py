@@ -1,0 +1,62 @@
+"""The trained molecule tower run by torch-geometric: the "naive PyTorch eager" baseline.
+
+Benchmarks compare the exported ONNX towers against this: the same weights, message passing by
+torch-geometric's ``GINEConv`` over a ``Batch`` (sparse scatter), then the shared projector.
+It is also an independent check that the trained weights mean the same thing in both forms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch_geometric.data import Batch, Data
+from torch_geometric.nn import GINEConv
+from torch_geometric.utils import to_dense_batch
+
+from molret.featurize import MolGraph
+
+from .model import DualEncoder
+
+
+def _gine(layer: nn.Module) -> GINEConv:
+    conv = GINEConv(nn=layer.mlp, train_eps=True)
+    with torch.no_grad():
+        conv.eps.copy_(layer.eps)
+    return conv
+
+
+class PygMoleculeEncoder(nn.Module):
+    """SMILES graphs -> final molecule embeddings with torch-geometric doing the messages."""
+
+    def __init__(self, model: DualEncoder) -> None:
+        super().__init__()
+        self.tower = model.molecule_tower
+        self.projector = model.projector
+        self.convs = nn.ModuleList(_gine(layer) for layer in self.tower.layers)
+
+    @staticmethod
+    def batch(graphs: Sequence[MolGraph]) -> Batch:
+        return Batch.from_data_list(
+            [
+                Data(
+                    x=torch.from_numpy(g.atom_features),
+                    edge_index=torch.from_numpy(g.edge_index),
+                    edge_attr=torch.from_numpy(g.bond_features),
+                )
+                for g in graphs
+            ]
+        )
+
+    @torch.no_grad()
+    def forward(self, batch: Batch) -> torch.Tensor:
+        tower = self.tower
+        h = tower.atom_embedding(batch.x)
+        for bond_embedding, conv, norm in zip(
+            tower.bond_embeddings, self.convs, tower.norms, strict=True
+        ):
+            update = conv(h, batch.edge_index, bond_embedding(batch.edge_attr))
+            h = norm(h + torch.relu(update))
+        states, mask = to_dense_batch(tower.out(h), batch.batch)
+        return self.projector(states, mask, "molecule")
