@@ -10,9 +10,11 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from molret.quickstart import register_quickstart
 
 app = typer.Typer(
     name="molret",
@@ -124,7 +126,7 @@ def evaluate(
 
 def _evaluate_bundle(
     bundle_dir: Path, pairs: Path, candidates: Path | None, threads: int | None
-) -> dict[str, object]:
+) -> dict[str, Any]:
     from molret.bundle import load_bundle
     from molret.engine.runtime import BundleEmbedder
     from molret.evaluation import evaluate_pairs
@@ -200,6 +202,7 @@ def _register_engine_commands() -> None:
 
 
 _register_engine_commands()
+register_quickstart(app)
 
 
 def main() -> None:
