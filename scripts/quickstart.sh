@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Set up, then the main job for now: a short training of the CPU model on ChEBI-20 at
-# $MOLRET_DATA (one epoch of configs/cpu-fast.yaml), evaluated on the held-out validation part
-# against every train + validation molecule. Re-running resumes / reuses runs/quickstart.
+# The main job: set up .venv (scripts/setup.sh), then `molret quickstart` on ChEBI-20 at
+# $MOLRET_DATA (default ../shared/data/chebi20 beside the checkout): train the fast CPU model
+# (configs/quickstart.yaml, one epoch), export the ONNX bundle, build the molecule and text
+# indexes, start a gRPC server on a free loopback port, answer example queries, stop.
+# Extra arguments go to `molret quickstart` (e.g. --out DIR, --epochs N, --data DIR).
+# Re-running reuses runs/quickstart (training resumes or is kept, bundle and indexes are kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,4 +13,4 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if [ -z "${MOLRET_DATA:-}" ] && [ -f ../shared/data/chebi20/train.txt ]; then
   export MOLRET_DATA="$(cd .. && pwd)/shared/data/chebi20"
 fi
-molret train --config configs/cpu-fast.yaml --epochs 1 --out runs/quickstart
+exec molret quickstart "$@"
