@@ -356,6 +356,9 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         self.index_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="molret-index")
         self._mutation = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        # One search queue per open index: the query vectors of every request that finished
+        # its tower batch together go to USearch in one batched call.
+        self._searchers: dict[int, MicroBatcher[tuple[np.ndarray, int], tuple[Any, Any]]] = {}
         for tower in ("text", "molecule"):
             self.metrics.queue_depth.labels(tower).set_function(
                 functools.partial(self._queue_depth, tower)
@@ -394,6 +397,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
             await old.models.close()
         for index in (old.molecule_index, old.text_index):
             if index is not None and index not in (new.molecule_index, new.text_index):
+                await self._close_searcher(index)
                 index.close()
 
     @contextlib.asynccontextmanager
@@ -416,6 +420,9 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         for task in list(self._retiring):
             with contextlib.suppress(Exception):
                 await task
+        for searcher in list(self._searchers.values()):
+            await searcher.close()
+        self._searchers.clear()
         if snap is not None:
             await snap.models.close()
             snap.molecule_index.close()
@@ -424,6 +431,43 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         self.molecule_pool.shutdown(wait=False)
         self.text_pool.shutdown(wait=False)
         self.index_pool.shutdown(wait=False)
+
+    def _searcher(self, index: IndexStore) -> MicroBatcher[tuple[np.ndarray, int], tuple[Any, Any]]:
+        searcher = self._searchers.get(id(index))
+        if searcher is None:
+            batching = self.config.batching
+            searcher = MicroBatcher(
+                functools.partial(_batched_search, index),
+                max_items=1024,
+                max_delay_s=0.0,  # requests of one tower batch arrive together; never wait
+                enabled=batching.enabled,
+                executor=self.index_pool,
+                name=f"search-{index.kind}",
+                on_batch=self.metrics.on_batch,
+            )
+            self._searchers[id(index)] = searcher
+        return searcher
+
+    async def _search_batched(
+        self, index: IndexStore, vectors: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+        """Top-k keys, scores and the metadata of every hit for this request's vectors."""
+        if len(vectors) == 0:
+            empty = np.zeros((0, k), dtype=np.int64)
+            return empty, empty.astype(np.float32), []
+        try:
+            out = await self._searcher(index).submit([(v, k) for v in vectors])
+        except BatcherClosed as exc:
+            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+        keys = np.stack([row_keys for row_keys, _ in out.results])
+        scores = np.stack([row_scores for _, row_scores in out.results])
+        records = await self._run_pool(self.index_pool, index.records, keys.reshape(-1).tolist())
+        return keys, scores, records
+
+    async def _close_searcher(self, index: IndexStore) -> None:
+        searcher = self._searchers.pop(id(index), None)
+        if searcher is not None:
+            await searcher.close()
 
     # ---- one place for limits, metrics and aborts ----------------------------------------
 
@@ -726,7 +770,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
             done = await self._embed(snap, context, tower, items)
             search_started = time.perf_counter_ns()
             keys, scores, records = await self._before_deadline(
-                context, self._run_pool(self.index_pool, _search_index, index, done.vectors, k)
+                context, self._search_batched(index, done.vectors, k)
             )
             search_us = (time.perf_counter_ns() - search_started) // 1000
             size = index.size
@@ -949,16 +993,13 @@ def _require_same_bundle(index: IndexStore, bundle: Bundle) -> None:
         )
 
 
-def _search_index(
-    index: IndexStore, vectors: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray, list[Any]]:
-    """One batched search plus the metadata of every hit (runs in the index thread pool)."""
-    if len(vectors) == 0:
-        empty = np.zeros((0, k), dtype=np.int64)
-        return empty, empty.astype(np.float32), []
-    keys, scores = index.search(vectors, k)
-    records = index.records(keys.reshape(-1).tolist())
-    return keys, scores, records
+def _batched_search(
+    index: IndexStore, queries: Sequence[tuple[np.ndarray, int]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One USearch call for a batch of queries from many requests (each with its own k)."""
+    k = max(q_k for _, q_k in queries)
+    keys, scores = index.search(np.stack([vector for vector, _ in queries]), k)
+    return [(keys[i, :q_k], scores[i, :q_k]) for i, (_, q_k) in enumerate(queries)]
 
 
 def _index_info(index: IndexStore) -> pb.IndexInfo:
