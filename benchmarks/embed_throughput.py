@@ -140,7 +140,8 @@ def towers_section(args: argparse.Namespace) -> dict[str, Any]:
         backends["ort-int8"] = ort_backend(args.bundle_int8, args.threads)
     rows = []
     for name, fns in backends.items():
-        for modality, batch in itertools.product(("text", "molecule"), BATCH_SIZES):
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+        for modality, batch in itertools.product(("text", "molecule"), sizes):
             per_s = rate(fns[modality], inputs[modality], batch, args.seconds)
             rows.append(
                 {"backend": name, "modality": modality, "batch": batch, "per_s": round(per_s, 1)}
@@ -449,6 +450,9 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--batch-sizes", default=",".join(map(str, BATCH_SIZES)), help="towers section"
+    )
     parser.add_argument("--json", type=Path, default=None)
     library = parser.add_argument_group("library section")
     library.add_argument("--library", type=Path, default=None, help=".smi/.csv/.tsv/.parquet")

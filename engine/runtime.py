@@ -51,6 +51,22 @@ class EmbedResult:
     inference_us: int = 0
 
 
+def length_chunks(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[np.ndarray]:
+    """Row indices in ascending length, cut into chunks of at most ``max_rows`` rows whose
+    padded size (rows x longest) stays within ``max_tokens`` (a longer single row runs alone)."""
+    order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
+    chunks: list[np.ndarray] = []
+    start = 0
+    for position in range(len(order)):
+        rows = position - start + 1
+        if rows > max_rows or (rows > 1 and rows * lengths[order[position]] > max_tokens):
+            chunks.append(order[start:position])
+            start = position
+    if start < len(order):
+        chunks.append(order[start:])
+    return chunks
+
+
 def _session_options(threads: int | None) -> object:
     import onnxruntime as ort
 
@@ -83,6 +99,7 @@ class BundleEmbedder:
         max_batch: int = 64,
         providers: Sequence[str] | None = None,
         tensorrt: bool = False,
+        max_tokens: int = 4096,
     ) -> None:
         """``tensorrt=True`` runs the bundle's TensorRT plans instead (GPU, TensorRT 10)."""
         import onnxruntime as ort
@@ -90,6 +107,7 @@ class BundleEmbedder:
         self.bundle = bundle
         self.dim = bundle.embedding_dim
         self.max_batch = max_batch
+        self.max_tokens = max_tokens
         self.buckets = bundle.buckets
         self.tokenizer = load_tokenizer(bundle.tokenizer_path, max_length=bundle.text_max_length)
         options = _session_options(threads)
@@ -129,6 +147,19 @@ class BundleEmbedder:
         )
         return np.asarray(out, dtype=np.float32)
 
+    def embed_id_lists(self, id_lists: Sequence[Sequence[int]]) -> np.ndarray:
+        """Token id lists -> [n, d], run in length-sorted chunks under a padded-token budget.
+
+        Sorting keeps padding small; the budget (rows x longest row <= ``max_tokens``) keeps a
+        chunk of long texts from paying attention over 256 rows x 256 positions at once, which
+        measured slower per text than batch 1 (35.6 vs 125.6 texts/s, 2 cores).
+        """
+        vectors = np.zeros((len(id_lists), self.dim), dtype=np.float32)
+        for rows in length_chunks([len(ids) for ids in id_lists], self.max_batch, self.max_tokens):
+            tokens = pad_token_ids([id_lists[r] for r in rows])
+            vectors[rows] = self.embed_token_ids(tokens.input_ids, tokens.attention_mask)
+        return vectors
+
     def embed_texts(self, texts: Sequence[str]) -> EmbedResult:
         start = time.perf_counter_ns()
         reasons = [validate_text(text) for text in texts]
@@ -136,14 +167,7 @@ class BundleEmbedder:
         keep = [i for i, reason in enumerate(reasons) if reason is None]
         id_lists = [e.ids for e in self.tokenizer.encode_batch([texts[i] for i in keep])]
         prepared = time.perf_counter_ns()
-        vectors = np.zeros((len(keep), self.dim), dtype=np.float32)
-        order = np.argsort(
-            np.asarray([len(ids) for ids in id_lists], dtype=np.int64), kind="stable"
-        )
-        for lo in range(0, len(order), self.max_batch):
-            rows = order[lo : lo + self.max_batch]
-            tokens = pad_token_ids([id_lists[r] for r in rows])
-            vectors[rows] = self.embed_token_ids(tokens.input_ids, tokens.attention_mask)
+        vectors = self.embed_id_lists(id_lists)
         done = time.perf_counter_ns()
         return EmbedResult(
             vectors, keep, errors, (prepared - start) // 1000, (done - prepared) // 1000

@@ -234,14 +234,8 @@ def _batchers(
 
 
 def _infer_texts(embedder: BundleEmbedder, id_lists: Sequence[list[int]]) -> np.ndarray:
-    """One batch of tokenized texts -> [n, d]; sorted by length so padding stays small."""
-    vectors = np.zeros((len(id_lists), embedder.dim), dtype=np.float32)
-    order = np.argsort(np.asarray([len(ids) for ids in id_lists], dtype=np.int64), kind="stable")
-    for lo in range(0, len(order), embedder.max_batch):
-        rows = order[lo : lo + embedder.max_batch]
-        tokens = pad_token_ids([id_lists[r] for r in rows])
-        vectors[rows] = embedder.embed_token_ids(tokens.input_ids, tokens.attention_mask)
-    return vectors
+    """One batch of tokenized texts -> [n, d] (length-sorted chunks, see embed_id_lists)."""
+    return embedder.embed_id_lists(id_lists)
 
 
 def warm_up(embedder: BundleEmbedder) -> None:
