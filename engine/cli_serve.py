@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from molret.logs import setup_logging
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -66,11 +66,7 @@ def serve(
     verbose: bool = False,
 ) -> None:
     """Serve retrieval over gRPC until SIGTERM/SIGINT (then drain in-flight requests)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(verbose)
     if (tls_cert is None) != (tls_key is None):
         raise _fail("--tls-cert and --tls-key go together")
     token = _read_secret(token_file, "token")

@@ -18,17 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from molret.bundle import Bundle, bucket_name
-from molret.featurize import MolGraph, choose_bucket, featurize_many, pad_graphs
+from molret.featurize import GRAPH_ARRAYS, MolGraph, choose_bucket, featurize_many, pad_graphs
 from molret.text import load_tokenizer, pad_token_ids, validate_text
 
-MOLECULE_INPUTS = (
-    "atom_features",
-    "bond_features",
-    "edge_src",
-    "edge_dst",
-    "atom_mask",
-    "edge_mask",
-)
+MOLECULE_INPUTS = GRAPH_ARRAYS  # ONNX input names of every molecule tower
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from molret.bundle import PRECISIONS, bucket_name, load_bundle, write_manifest
-from molret.featurize import DEFAULT_BUCKETS, FEATURE_VOCAB_VERSION
+from molret.featurize import DEFAULT_BUCKETS, FEATURE_VOCAB_VERSION, GRAPH_ARRAYS
 from molret.text import tokenizer_file
 
 from .onnx_export import export_molecule_tower, export_text_tower
@@ -158,15 +158,8 @@ def _manifest(
             "buckets": [list(b) for b in buckets],
             "feature_vocab_version": FEATURE_VOCAB_VERSION,
             "oversize_policy": "error",
-            "inputs": [
-                "atom_features",
-                "bond_features",
-                "edge_src",
-                "edge_dst",
-                "atom_mask",
-                "edge_mask",
-            ],
-        },  # fmt: skip
+            "inputs": list(GRAPH_ARRAYS),
+        },
         "source": {
             "run_dir": str(run_dir.resolve()),
             "run": info,

@@ -19,19 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from molret.featurize import ATOM_FEATURE_SIZES, BOND_FEATURE_SIZES
+from molret.featurize import ATOM_FEATURE_SIZES, BOND_FEATURE_SIZES, GRAPH_ARRAYS
 from molret.trainer.model import DualEncoder
 
 OPSET = 17
 TEXT_INPUTS = ("input_ids", "attention_mask")
-MOLECULE_INPUTS = (
-    "atom_features",
-    "bond_features",
-    "edge_src",
-    "edge_dst",
-    "atom_mask",
-    "edge_mask",
-)
+MOLECULE_INPUTS = GRAPH_ARRAYS
 OUTPUT = "embedding"
 
 

@@ -7,13 +7,12 @@ serving subcommands work on an install without the `train` extra.
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from molret.logs import setup_logging
 from molret.quickstart import register_quickstart
 
 app = typer.Typer(
@@ -22,14 +21,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -60,7 +51,7 @@ def train(
     verbose: bool = False,
 ) -> None:
     """Train the dual encoder; writes checkpoints, metrics.jsonl and eval.json into OUT."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from molret.data import DataNotFound
     from molret.trainer.config import load_config
     from molret.trainer.loop import train as run_training
@@ -102,7 +93,7 @@ def evaluate(
     A bundle is evaluated with ONNX Runtime only (no torch needed); a run directory with the
     PyTorch model.
     """
-    _setup_logging(False)
+    setup_logging(False)
     try:
         if (model / "manifest.json").is_file():
             result = _evaluate_bundle(model, pairs, candidates, threads)
@@ -166,7 +157,7 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle")] = False,
 ) -> None:
     """Export both towers to ONNX (parity-checked against PyTorch) as a checksummed bundle."""
-    _setup_logging(False)
+    setup_logging(False)
     from molret.export.bundle_export import ExportOptions, export_bundle
     from molret.export.tensorrt import TensorRTUnavailable
 

@@ -185,6 +185,12 @@ class MolGraph:
         return int(self.edge_index.shape[1])
 
 
+# The arrays of a GraphBatch, in the order the exported molecule tower takes them as inputs.
+GRAPH_ARRAYS: tuple[str, ...] = (
+    "atom_features", "bond_features", "edge_src", "edge_dst", "atom_mask", "edge_mask",
+)  # fmt: skip
+
+
 @dataclass(frozen=True, eq=False)
 class GraphBatch:
     """B molecules padded to one ``(max_nodes, max_edges)`` shape; masks mark real rows."""

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from molret.logs import setup_logging
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "quickstart.yaml"
@@ -407,11 +408,7 @@ def quickstart(
     verbose: bool = False,
 ) -> None:
     """The main job end to end: train, export, index ChEBI-20, serve, query (reuses OUT)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(verbose)
     job = Quickstart(
         data=data,
         out=out,
