@@ -83,17 +83,16 @@ def featurize_shard(
     """Featurize one shard (runs in a worker process or Ray task; no ONNX here)."""
     from rdkit import Chem, rdBase
 
-    from molret.featurize import featurize_many
+    from molret.featurize import featurize_many_with_mols
 
-    graphs, errors = featurize_many(smiles, buckets=buckets)
+    graphs, mols, errors = featurize_many_with_mols(smiles, buckets=buckets)
     reasons = {error.index: error.reason for error in errors}
     rows: list[FeaturizedRow] = []
     with rdBase.BlockLogs():
-        for index, graph in enumerate(graphs):
-            if graph is None:
+        for index, (graph, mol) in enumerate(zip(graphs, mols, strict=True)):
+            if graph is None or mol is None:
                 rows.append(FeaturizedRow(None, None, None, reasons.get(index, "invalid")))
                 continue
-            mol = Chem.MolFromSmiles(smiles[index].strip())
             try:
                 inchikey = Chem.MolToInchiKey(mol) or None
             except Exception:  # InChI cannot describe every molecule (e.g. dummy atoms)

@@ -393,22 +393,35 @@ def featurize_many(
     With ``buckets``, a molecule that fits none of them is also an error, so a server can
     reject it up front with the reason instead of failing at padding time.
     """
+    graphs, _, errors = featurize_many_with_mols(smiles, buckets)
+    return graphs, errors
+
+
+def featurize_many_with_mols(
+    smiles: Sequence[str], buckets: Sequence[tuple[int, int]] | None = None
+) -> tuple[list[MolGraph | None], list[Chem.Mol | None], list[FeaturizeError]]:
+    """:func:`featurize_many` plus the parsed RDKit molecules (``None`` where it failed), for
+    callers that also need canonical SMILES or InChIKeys without parsing every SMILES again."""
     graphs: list[MolGraph | None] = []
+    mols: list[Chem.Mol | None] = []
     errors: list[FeaturizeError] = []
     with rdBase.BlockLogs():  # bad input is reported via our errors, not stderr
         for index, item in enumerate(smiles):
+            mol: Chem.Mol | None = None
             try:
-                graph: MolGraph | None = _graph_from_mol(_parse(item))
+                mol = _parse(item)
+                graph: MolGraph | None = _graph_from_mol(mol)
             except FeaturizeFailure as exc:
-                graph = None
+                graph = mol = None
                 errors.append(FeaturizeError(index, _as_text(item), exc.reason))
             if graph is not None and buckets and choose_bucket(graph, buckets) is None:
                 errors.append(
                     FeaturizeError(index, _as_text(item), _no_bucket_reason(graph, buckets))
                 )
-                graph = None
+                graph = mol = None
             graphs.append(graph)
-    return graphs, errors
+            mols.append(mol)
+    return graphs, mols, errors
 
 
 def _as_text(item: object) -> str:
