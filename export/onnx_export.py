@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from molret.featurize import ATOM_FEATURE_SIZES, BOND_FEATURE_SIZES, GRAPH_ARRAYS
+from molret.graphs import ATOM_FEATURE_SIZES, BOND_FEATURE_SIZES, GRAPH_ARRAYS
 from molret.trainer.model import DualEncoder
 
 OPSET = 17

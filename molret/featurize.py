@@ -49,77 +49,45 @@ import numpy as np
 from rdkit import Chem, rdBase
 from rdkit.Chem import rdchem, rdFingerprintGenerator
 
-FEATURE_VOCAB_VERSION: str = "2"
-
-ATOM_FEATURE_NAMES: tuple[str, ...] = (
-    "atomic_num",
-    "chirality",
-    "degree",
-    "formal_charge",
-    "num_hs",
-    "radical_electrons",
-    "hybridization",
-    "aromatic",
-    "in_ring",
-    "environment_r1",
-    "environment_r2",
-)
-BOND_FEATURE_NAMES: tuple[str, ...] = ("bond_type", "stereo", "conjugated", "in_ring")
-
-# Vocabularies (index = position; "other" = len(vocab)). Append-only, and bump the version.
-_MAX_ATOMIC_NUM = 118  # 0 is the dummy atom "*"
-_CHIRALITY_NAMES = (
-    "CHI_UNSPECIFIED",
-    "CHI_TETRAHEDRAL_CW",
-    "CHI_TETRAHEDRAL_CCW",
-    "CHI_OTHER",
-    "CHI_TETRAHEDRAL",
-    "CHI_ALLENE",
-    "CHI_SQUAREPLANAR",
-    "CHI_TRIGONALBIPYRAMIDAL",
-    "CHI_OCTAHEDRAL",
-)
-_MAX_DEGREE = 10
-_MAX_ABS_CHARGE = 5
-_MAX_NUM_HS = 8
-_MAX_RADICALS = 4
-_HYBRIDIZATION_NAMES = ("UNSPECIFIED", "S", "SP", "SP2", "SP3", "SP3D", "SP3D2", "OTHER")
-_BOND_TYPE_NAMES = ("SINGLE", "DOUBLE", "TRIPLE", "AROMATIC", "DATIVE")
-_BOND_STEREO_NAMES = (
-    "STEREONONE",
-    "STEREOANY",
-    "STEREOZ",
-    "STEREOE",
-    "STEREOCIS",
-    "STEREOTRANS",
+from molret.graphs import (
+    ATOM_FEATURE_NAMES,
+    ATOM_FEATURE_SIZES,
+    BOND_FEATURE_NAMES,
+    BOND_FEATURE_SIZES,
+    BOND_STEREO_NAMES,
+    BOND_TYPE_NAMES,
+    CHIRALITY_NAMES,
+    DEFAULT_BUCKETS,
+    ENVIRONMENT_BUCKETS,
+    ENVIRONMENT_RADII,
+    FEATURE_VOCAB_VERSION,
+    GRAPH_ARRAYS,
+    HYBRIDIZATION_NAMES,
+    MAX_ABS_CHARGE,
+    MAX_ATOMIC_NUM,
+    MAX_DEGREE,
+    MAX_NUM_HS,
+    MAX_RADICALS,
+    N_ATOM_FEATURES,
+    N_BOND_FEATURES,
+    GraphBatch,
+    MolGraph,
+    choose_bucket,
+    fits,
+    no_bucket_reason,
+    pad_graphs,
+    smallest_fitting_shape,
+    too_large_reason,
 )
 
-ENVIRONMENT_RADII: tuple[int, ...] = (1, 2)
-# Hash buckets per radius. ChEBI-20 (train + validation) has 5,732 distinct radius-1 and 54,356
-# distinct radius-2 environments, long-tailed (the 4,096 most frequent radius-2 ones cover 84% of
-# atoms, 23k occur once); measured 2026-11-26.
-ENVIRONMENT_BUCKETS: tuple[int, ...] = (4096, 16384)
-
-ATOM_FEATURE_SIZES: tuple[int, ...] = (
-    _MAX_ATOMIC_NUM + 2,  # 0..118, other
-    len(_CHIRALITY_NAMES) + 1,
-    _MAX_DEGREE + 2,  # 0..10, other
-    2 * _MAX_ABS_CHARGE + 2,  # -5..+5, other
-    _MAX_NUM_HS + 2,  # 0..8, other
-    _MAX_RADICALS + 2,  # 0..4, other
-    len(_HYBRIDIZATION_NAMES) + 1,
-    2,  # aromatic
-    2,  # in_ring
-    *(buckets + 1 for buckets in ENVIRONMENT_BUCKETS),  # Morgan identifier mod buckets, none
-)
-BOND_FEATURE_SIZES: tuple[int, ...] = (
-    len(_BOND_TYPE_NAMES) + 1,
-    len(_BOND_STEREO_NAMES) + 1,
-    2,  # conjugated
-    2,  # in_ring
-)
-
-DEFAULT_BUCKETS: tuple[tuple[int, int], ...] = ((32, 80), (64, 160), (128, 320), (256, 640))
+# The schema is defined in molret.graphs (no RDKit); these names stay importable from here.
+__all__ = [
+    "ATOM_FEATURE_NAMES", "ATOM_FEATURE_SIZES", "BOND_FEATURE_NAMES", "BOND_FEATURE_SIZES",
+    "DEFAULT_BUCKETS", "ENVIRONMENT_BUCKETS", "ENVIRONMENT_RADII", "FEATURE_VOCAB_VERSION",
+    "GRAPH_ARRAYS", "FeaturizeError", "FeaturizeFailure", "GraphBatch", "MolGraph",
+    "choose_bucket", "featurize", "featurize_batch", "featurize_many", "featurize_many_with_mols",
+    "pad_graphs", "smallest_fitting_shape",
+]  # fmt: skip
 
 
 def _enum_lookup(enum_type: type, names: Sequence[str]) -> dict[object, int]:
@@ -133,15 +101,15 @@ def _enum_lookup(enum_type: type, names: Sequence[str]) -> dict[object, int]:
 
 
 # Integer-valued properties use dicts too: one ``dict.get`` per value is the cheapest clip.
-_ATOMIC_NUM = {z: z for z in range(_MAX_ATOMIC_NUM + 1)}
-_CHIRALITY = _enum_lookup(rdchem.ChiralType, _CHIRALITY_NAMES)
-_DEGREE = {d: d for d in range(_MAX_DEGREE + 1)}
-_CHARGE = {c: c + _MAX_ABS_CHARGE for c in range(-_MAX_ABS_CHARGE, _MAX_ABS_CHARGE + 1)}
-_NUM_HS = {h: h for h in range(_MAX_NUM_HS + 1)}
-_RADICALS = {r: r for r in range(_MAX_RADICALS + 1)}
-_HYBRIDIZATION = _enum_lookup(rdchem.HybridizationType, _HYBRIDIZATION_NAMES)
-_BOND_TYPE = _enum_lookup(rdchem.BondType, _BOND_TYPE_NAMES)
-_BOND_STEREO = _enum_lookup(rdchem.BondStereo, _BOND_STEREO_NAMES)
+_ATOMIC_NUM = {z: z for z in range(MAX_ATOMIC_NUM + 1)}
+_CHIRALITY = _enum_lookup(rdchem.ChiralType, CHIRALITY_NAMES)
+_DEGREE = {d: d for d in range(MAX_DEGREE + 1)}
+_CHARGE = {c: c + MAX_ABS_CHARGE for c in range(-MAX_ABS_CHARGE, MAX_ABS_CHARGE + 1)}
+_NUM_HS = {h: h for h in range(MAX_NUM_HS + 1)}
+_RADICALS = {r: r for r in range(MAX_RADICALS + 1)}
+_HYBRIDIZATION = _enum_lookup(rdchem.HybridizationType, HYBRIDIZATION_NAMES)
+_BOND_TYPE = _enum_lookup(rdchem.BondType, BOND_TYPE_NAMES)
+_BOND_STEREO = _enum_lookup(rdchem.BondStereo, BOND_STEREO_NAMES)
 
 # The last index of every multi-valued column is "other/unknown".
 _OTHER_ATOMIC_NUM = ATOM_FEATURE_SIZES[0] - 1
@@ -154,65 +122,12 @@ _OTHER_HYBRIDIZATION = ATOM_FEATURE_SIZES[6] - 1
 _OTHER_BOND_TYPE = BOND_FEATURE_SIZES[0] - 1
 _OTHER_BOND_STEREO = BOND_FEATURE_SIZES[1] - 1
 
-_N_ATOM_FEATURES = len(ATOM_FEATURE_SIZES)
-_N_PROPERTY_FEATURES = _N_ATOM_FEATURES - len(ENVIRONMENT_RADII)
+_N_PROPERTY_FEATURES = N_ATOM_FEATURES - len(ENVIRONMENT_RADII)
 # Redundant environments are kept so that every non-isolated atom has one identifier per radius
 # (RDKit would otherwise drop an environment equal to a smaller one, shifting the columns).
 _MORGAN = rdFingerprintGenerator.GetMorganGenerator(
     radius=max(ENVIRONMENT_RADII), includeRedundantEnvironments=True
 )
-_N_BOND_FEATURES = len(BOND_FEATURE_SIZES)
-
-
-@dataclass(frozen=True, eq=False)
-class MolGraph:
-    """One molecule, unpadded.
-
-    ``eq=False`` keeps identity comparison/hashing: field-wise ``==`` on numpy arrays is
-    ambiguous and arrays are unhashable.
-    """
-
-    atom_features: np.ndarray  # int64 [n_atoms, len(ATOM_FEATURE_SIZES)]
-    bond_features: np.ndarray  # int64 [n_edges, len(BOND_FEATURE_SIZES)]
-    edge_index: np.ndarray  # int64 [2, n_edges]; row 0 source, row 1 destination
-
-    @property
-    def n_atoms(self) -> int:
-        return int(self.atom_features.shape[0])
-
-    @property
-    def n_edges(self) -> int:
-        return int(self.edge_index.shape[1])
-
-
-# The arrays of a GraphBatch, in the order the exported molecule tower takes them as inputs.
-GRAPH_ARRAYS: tuple[str, ...] = (
-    "atom_features", "bond_features", "edge_src", "edge_dst", "atom_mask", "edge_mask",
-)  # fmt: skip
-
-
-@dataclass(frozen=True, eq=False)
-class GraphBatch:
-    """B molecules padded to one ``(max_nodes, max_edges)`` shape; masks mark real rows."""
-
-    atom_features: np.ndarray  # int64 [B, max_nodes, F_atom]; padding rows 0
-    bond_features: np.ndarray  # int64 [B, max_edges, F_bond]; padding rows 0
-    edge_src: np.ndarray  # int64 [B, max_edges]; padding edges point at node 0
-    edge_dst: np.ndarray  # int64 [B, max_edges]; padding edges point at node 0
-    atom_mask: np.ndarray  # bool [B, max_nodes]
-    edge_mask: np.ndarray  # bool [B, max_edges]
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.atom_features.shape[0])
-
-    @property
-    def max_nodes(self) -> int:
-        return int(self.atom_features.shape[1])
-
-    @property
-    def max_edges(self) -> int:
-        return int(self.bond_features.shape[1])
 
 
 @dataclass(frozen=True)
@@ -341,7 +256,7 @@ def _graph_from_mol(mol: Chem.Mol) -> MolGraph:
     ]
     ends = [(bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()) for bond in bonds]
     # Bond i becomes edges 2i (begin -> end) and 2i + 1 (end -> begin).
-    bond_features = np.array(bond_rows, dtype=np.int64).reshape(-1, _N_BOND_FEATURES).repeat(2, 0)
+    bond_features = np.array(bond_rows, dtype=np.int64).reshape(-1, N_BOND_FEATURES).repeat(2, 0)
     pairs = np.array(ends, dtype=np.int64).reshape(-1, 2)
     edge_index = np.ascontiguousarray(np.stack((pairs, pairs[:, ::-1]), axis=1).reshape(-1, 2).T)
     return MolGraph(atom_features=atom_features, bond_features=bond_features, edge_index=edge_index)
@@ -369,20 +284,6 @@ def featurize(smiles: str) -> MolGraph:
     """Featurize one SMILES; raises :class:`FeaturizeFailure` with a precise reason."""
     with rdBase.BlockLogs():  # bad input is reported via our errors, not stderr
         return _graph_from_mol(_parse(smiles))
-
-
-def _too_large_reason(graph: MolGraph, max_nodes: int, max_edges: int, what: str) -> str:
-    over = []
-    if graph.n_atoms > max_nodes:
-        over.append(f"{graph.n_atoms} atoms")
-    if graph.n_edges > max_edges:
-        over.append(f"{graph.n_edges} directed edges")
-    limit = f"{what} ({max_nodes} atoms, {max_edges} edges)"
-    return f"molecule has {' and '.join(over)}, more than {limit}"
-
-
-def _fits(graph: MolGraph, max_nodes: int, max_edges: int) -> bool:
-    return graph.n_atoms <= max_nodes and graph.n_edges <= max_edges
 
 
 def featurize_many(
@@ -416,7 +317,7 @@ def featurize_many_with_mols(
                 errors.append(FeaturizeError(index, _as_text(item), exc.reason))
             if graph is not None and buckets and choose_bucket(graph, buckets) is None:
                 errors.append(
-                    FeaturizeError(index, _as_text(item), _no_bucket_reason(graph, buckets))
+                    FeaturizeError(index, _as_text(item), no_bucket_reason(graph, buckets))
                 )
                 graph = mol = None
             graphs.append(graph)
@@ -426,81 +327,6 @@ def featurize_many_with_mols(
 
 def _as_text(item: object) -> str:
     return item if isinstance(item, str) else repr(item)
-
-
-def _no_bucket_reason(graph: MolGraph, buckets: Sequence[tuple[int, int]]) -> str:
-    largest = max(buckets)
-    if largest == (max(b[0] for b in buckets), max(b[1] for b in buckets)):
-        return _too_large_reason(graph, *largest, "the largest bucket")
-    # Buckets that are not nested have no single "largest" one to blame.
-    return (
-        f"molecule has {graph.n_atoms} atoms and {graph.n_edges} directed edges, "
-        f"which fits none of the buckets {list(buckets)}"
-    )
-
-
-def choose_bucket(
-    graph: MolGraph, buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS
-) -> tuple[int, int] | None:
-    """Smallest ``(max_nodes, max_edges)`` bucket holding the graph, or ``None``.
-
-    "Smallest" orders by nodes, then edges, so the answer does not depend on list order.
-    """
-    fitting = [bucket for bucket in buckets if _fits(graph, *bucket)]
-    return min(fitting) if fitting else None
-
-
-def pad_graphs(graphs: Sequence[MolGraph], max_nodes: int, max_edges: int) -> GraphBatch:
-    """Pad graphs into one batch; ``ValueError`` names the first graph that does not fit.
-
-    Scatter all graphs at once (concatenate + fancy index) rather than one slice copy per
-    graph, which keeps large serving batches cheap.
-    """
-    if max_nodes < 1 or max_edges < 0:
-        raise ValueError(f"need max_nodes >= 1 and max_edges >= 0, got ({max_nodes}, {max_edges})")
-    for index, graph in enumerate(graphs):
-        if not _fits(graph, max_nodes, max_edges):
-            raise ValueError(
-                f"graph {index}: "
-                + _too_large_reason(graph, max_nodes, max_edges, "the batch shape")
-            )
-
-    batch = len(graphs)
-    atom_features = np.zeros((batch, max_nodes, _N_ATOM_FEATURES), dtype=np.int64)
-    bond_features = np.zeros((batch, max_edges, _N_BOND_FEATURES), dtype=np.int64)
-    edge_src = np.zeros((batch, max_edges), dtype=np.int64)
-    edge_dst = np.zeros((batch, max_edges), dtype=np.int64)
-    atom_mask = np.zeros((batch, max_nodes), dtype=bool)
-    edge_mask = np.zeros((batch, max_edges), dtype=bool)
-    if batch:
-        n_atoms = np.fromiter((g.n_atoms for g in graphs), dtype=np.int64, count=batch)
-        n_edges = np.fromiter((g.n_edges for g in graphs), dtype=np.int64, count=batch)
-        atom_rows, atom_cols = _scatter_positions(n_atoms)
-        edge_rows, edge_cols = _scatter_positions(n_edges)
-        atom_features[atom_rows, atom_cols] = np.concatenate([g.atom_features for g in graphs])
-        atom_mask[atom_rows, atom_cols] = True
-        if edge_rows.size:
-            bond_features[edge_rows, edge_cols] = np.concatenate([g.bond_features for g in graphs])
-            edge_index = np.concatenate([g.edge_index for g in graphs], axis=1)
-            edge_src[edge_rows, edge_cols] = edge_index[0]
-            edge_dst[edge_rows, edge_cols] = edge_index[1]
-            edge_mask[edge_rows, edge_cols] = True
-    return GraphBatch(
-        atom_features=atom_features,
-        bond_features=bond_features,
-        edge_src=edge_src,
-        edge_dst=edge_dst,
-        atom_mask=atom_mask,
-        edge_mask=edge_mask,
-    )
-
-
-def _scatter_positions(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(batch row, position in row) for every real item when row ``b`` holds ``counts[b]``."""
-    rows = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
-    starts = np.cumsum(counts) - counts
-    cols = np.arange(rows.size, dtype=np.int64) - np.repeat(starts, counts)
-    return rows, cols
 
 
 def featurize_batch(
@@ -517,18 +343,11 @@ def featurize_batch(
     for index, graph in enumerate(graphs):
         if graph is None:
             continue
-        if _fits(graph, max_nodes, max_edges):
+        if fits(graph, max_nodes, max_edges):
             kept.append(graph)
             indices.append(index)
         else:
-            reason = _too_large_reason(graph, max_nodes, max_edges, "the batch shape")
+            reason = too_large_reason(graph, max_nodes, max_edges, "the batch shape")
             errors.append(FeaturizeError(index, _as_text(smiles[index]), reason))
     errors.sort(key=lambda error: error.index)
     return pad_graphs(kept, max_nodes, max_edges), indices, errors
-
-
-def smallest_fitting_shape(graphs: Sequence[MolGraph]) -> tuple[int, int]:
-    """``(max atoms, max edges)`` over ``graphs``, at least ``(1, 1)`` so no axis is empty."""
-    max_nodes = max((g.n_atoms for g in graphs), default=0)
-    max_edges = max((g.n_edges for g in graphs), default=0)
-    return max(max_nodes, 1), max(max_edges, 1)

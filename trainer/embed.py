@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from molret.featurize import MolGraph
+from molret.graphs import MolGraph
 from molret.text import encode, load_tokenizer
 
 from .model import DualEncoder, PackedGraphs

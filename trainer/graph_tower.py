@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from molret.featurize import ATOM_FEATURE_SIZES, BOND_FEATURE_SIZES
+from molret.graphs import ATOM_FEATURE_SIZES, BOND_FEATURE_SIZES
 
 
 class CategoricalEmbedding(nn.Module):

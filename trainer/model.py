@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from molret.featurize import MolGraph
+from molret.graphs import MolGraph
 
 from .config import ModelConfig
 from .graph_tower import MoleculeTower
@@ -79,8 +79,10 @@ class PackedGraphs:
     def pad(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed atom states -> padded [B, N, d] and a bool mask, for the attention pooling."""
         padded = nn.utils.rnn.pad_sequence(list(states.split(self.atom_counts)), batch_first=True)
-        counts = torch.tensor(self.atom_counts)
-        mask = torch.arange(padded.shape[1]).unsqueeze(0) < counts.unsqueeze(1)
+        counts = torch.tensor(self.atom_counts, device=states.device)
+        mask = torch.arange(padded.shape[1], device=states.device).unsqueeze(0) < counts.unsqueeze(
+            1
+        )
         return padded, mask
 
 

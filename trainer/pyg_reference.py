@@ -7,6 +7,7 @@ It is also an independent check that the trained weights mean the same thing in 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -15,13 +16,20 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn import GINEConv
 from torch_geometric.utils import to_dense_batch
 
-from molret.featurize import MolGraph
+from molret.graphs import MolGraph
 
 from .model import DualEncoder
 
 
 def _gine(layer: nn.Module) -> GINEConv:
-    conv = GINEConv(nn=layer.mlp, train_eps=True)
+    """A GINEConv sharing the layer's trained MLP and eps.
+
+    GINEConv's constructor re-initialises the module it is given, so it gets a throw-away
+    copy and the trained MLP is attached afterwards; passing ``layer.mlp`` directly would
+    overwrite the model's weights with random ones.
+    """
+    conv = GINEConv(nn=copy.deepcopy(layer.mlp), train_eps=True)
+    conv.nn = layer.mlp
     with torch.no_grad():
         conv.eps.copy_(layer.eps)
     return conv

@@ -25,8 +25,15 @@ def test_pyg_encoder_equals_packed_model() -> None:
         ["CCO", "c1ccccc1C(=O)O", "[Na+].[Cl-]", "C[C@H](N)C(=O)O", "O"]
     )
     assert not errors
-    reference = PygMoleculeEncoder(model)
     with torch.no_grad():
         want = model.encode_molecule(PackedGraphs.from_graphs(graphs)).embedding
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    reference = PygMoleculeEncoder(model)
+    # Building the baseline must not touch the model (GINEConv re-initialises its MLP).
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, weights[name], atol=0, rtol=0, msg=name)
+    with torch.no_grad():
         got = reference(reference.batch(graphs))
+        again = model.encode_molecule(PackedGraphs.from_graphs(graphs)).embedding
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, want, atol=0, rtol=0)
