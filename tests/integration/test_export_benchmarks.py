@@ -70,3 +70,27 @@ def test_embed_throughput_towers_small(smoke_run: Path, smoke_bundle: Path, tmp_
             assert {(backend, modality, 1), (backend, modality, 8)} <= cells
     assert all(r["per_s"] > 0 for r in rows)
     assert all(r["vs_ort_fp32"] == 1.0 for r in rows if r["backend"] == "ort-fp32")
+
+
+def test_gpu_towers_kit_small(smoke_run: Path, tmp_path: Path) -> None:
+    """prepare -> measure on the CPU only: the kit round-trips and every form agrees."""
+    kit, out = tmp_path / "kit", tmp_path / "gpu_towers.json"
+    data = smoke_run.parent / "data"
+    bench("gpu_towers.py", "prepare", "--run", smoke_run, "--data", data, "--out", kit, data=data)
+    assert json.loads((kit / "kit.json").read_text())["items"] == 9
+    bench(
+        "gpu_towers.py", "measure", "--kit", kit, "--json", out, "--devices", "cpu",
+        "--seconds", 0.05, "--cpu-batch-cap", 1, data=data,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    cells = {(r["modality"], r["form"], r["batch"]) for r in report["rows"]}
+    assert cells == {("text", "encoder", 1)} | {
+        ("molecule", f, 1) for f in ("dense", "packed", "pyg")
+    }
+    assert all(r["per_s"] > 0 and r["vs_cpu_fp32"] == 1.0 for r in report["rows"])
+    # The kit's fp16-stored weights reload identically; the three molecule forms (exported dense,
+    # packed, torch-geometric) compute the same vectors.
+    parity = report["parity_vs_cpu_fp32"]["cpu-fp32"]
+    assert set(parity) == {"text", "molecule-dense", "molecule-packed", "molecule-pyg"}
+    assert all(v["min"] >= 0.9999 for v in parity.values())
+    assert report["parity_items"] == 9
