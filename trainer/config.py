@@ -29,6 +29,11 @@ class ModelConfig:
     num_memories: int = 28
     num_heads: int = 4
     scale_init: float = 0.07
+    # Also feed the projector head a scaled masked *sum* of the states (beside the memory
+    # attention's weighted average). Averages cannot count: a C16 and a C18 fatty acid have
+    # nearly the same mean atom state, while ChEBI descriptions name exact chain lengths and
+    # substituent counts. Off = the paper's projector.
+    sum_pool: bool = False
 
 
 @dataclass

@@ -126,6 +126,7 @@ class DualEncoder(nn.Module):
             dropout=config.dropout,
             use_memory=config.memory_bank,
             scale_init=config.scale_init,
+            sum_pool=config.sum_pool,
         )
 
     def encode_text_states(self, token_states: torch.Tensor, mask: torch.Tensor) -> Encoded:

@@ -14,6 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# A sum over a typical ChEBI-20 molecule (~30 atoms) or description (~100 tokens) divided by this
+# stays in the range of the averaged features, so neither part of the head's input dominates at
+# initialisation; the head's BatchNorm takes care of the rest.
+SUM_POOL_SCALE = 32.0
+
+
+def masked_sum(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum over valid positions: [B, L, d] with bool mask [B, L] -> [B, d]."""
+    return (states * mask.unsqueeze(-1).to(states.dtype)).sum(1)
+
 
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over valid positions: [B, L, d] with bool mask [B, L] -> [B, d]."""
@@ -54,9 +64,11 @@ class MemoryBankProjector(nn.Module):
         dropout: float = 0.1,
         use_memory: bool = True,
         scale_init: float = 0.07,
+        sum_pool: bool = False,
     ) -> None:
         super().__init__()
         self.use_memory = use_memory
+        self.sum_pool = sum_pool
         if use_memory:
             # Every slot is learnable (the official code froze one at zero via padding_idx).
             self.memory = nn.Parameter(torch.randn(num_memories, dim) / math.sqrt(dim))
@@ -67,14 +79,17 @@ class MemoryBankProjector(nn.Module):
                 dim, num_heads, dropout=dropout, batch_first=True, bias=False
             )
         self.log_scale = nn.Parameter(torch.tensor(scale_init))
-        self.head_linear = nn.Linear(dim, dim, bias=False)
+        self.head_linear = nn.Linear(2 * dim if sum_pool else dim, dim, bias=False)
         self.head_norm = ModalityBatchNorm(dim)
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One vector per item, before the shared head."""
-        if not self.use_memory:
-            return masked_mean(states, mask)
-        return self.attend(states, mask).mean(dim=1)
+        """One vector per item, before the shared head ([B, 2d] with ``sum_pool``)."""
+        pooled = (
+            self.attend(states, mask).mean(dim=1) if self.use_memory else masked_mean(states, mask)
+        )
+        if self.sum_pool:
+            pooled = torch.cat([pooled, masked_sum(states, mask) / SUM_POOL_SCALE], dim=-1)
+        return pooled
 
     def attend(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, L, d] states -> [B, K, d]: every memory attends over the valid states.

@@ -17,10 +17,14 @@ torch.set_num_threads(1)
 DIM, K, HEADS = 16, 5, 4
 
 
-def make_projector(use_memory: bool = True, seed: int = 0) -> MemoryBankProjector:
+def make_projector(
+    use_memory: bool = True, seed: int = 0, sum_pool: bool = False
+) -> MemoryBankProjector:
     """A projector with non-trivial BatchNorm running stats, then put in eval mode."""
     torch.manual_seed(seed)
-    proj = MemoryBankProjector(DIM, num_memories=K, num_heads=HEADS, use_memory=use_memory)
+    proj = MemoryBankProjector(
+        DIM, num_memories=K, num_heads=HEADS, use_memory=use_memory, sum_pool=sum_pool
+    )
     proj.train()
     with torch.no_grad():
         for _ in range(3):
@@ -123,10 +127,13 @@ def test_attend_equals_torch_multihead_attention() -> None:
 # Padding invariance, normalisation, batch independence
 
 
+@pytest.mark.parametrize("sum_pool", [False, True])
 @pytest.mark.parametrize("use_memory", [True, False])
 @pytest.mark.parametrize("extra", [0, 1, 9])
-def test_padding_does_not_change_the_embedding(use_memory: bool, extra: int) -> None:
-    proj = make_projector(use_memory)
+def test_padding_does_not_change_the_embedding(
+    use_memory: bool, extra: int, sum_pool: bool
+) -> None:
+    proj = make_projector(use_memory, sum_pool=sum_pool)
     states, mask = random_batch([2, 6, 4], max_len=6, seed=2)
     padded_states, padded_mask = with_garbage_padding(states, mask, extra, seed=3)
     with torch.no_grad():
@@ -156,6 +163,19 @@ def test_outputs_are_unit_norm(use_memory: bool) -> None:
     proj.train()
     out = proj(states, mask, "text")
     torch.testing.assert_close(out.norm(dim=1), torch.ones(4), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("use_memory", [True, False])
+def test_only_sum_pool_tells_repeated_units_apart(use_memory: bool) -> None:
+    """Averages cannot count: n copies of one state pool to the same vector for every n."""
+    unit = torch.randn(1, 1, DIM, generator=torch.Generator().manual_seed(6))
+    short, long = unit.expand(1, 3, DIM), unit.expand(1, 5, DIM)
+    for sum_pool, should_differ in ((False, False), (True, True)):
+        proj = make_projector(use_memory, sum_pool=sum_pool)
+        with torch.no_grad():
+            a = proj(short, torch.ones(1, 3, dtype=torch.bool), "molecule")
+            b = proj(long, torch.ones(1, 5, dtype=torch.bool), "molecule")
+        assert (not torch.allclose(a, b, atol=1e-4)) == should_differ
 
 
 def test_masked_mean_hand_case() -> None:
