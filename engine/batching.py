@@ -118,7 +118,7 @@ class MicroBatcher(Generic[T, R]):
         cost: Callable[[T], int] | None = None,
         max_items: int = 64,
         max_cost: int | None = None,
-        max_delay_s: float = 0.002,
+        max_delay_s: float = 0.0,
         enabled: bool = True,
         executor: Executor | None = None,
         name: str = "batcher",

@@ -53,7 +53,7 @@ def serve(
     ] = True,
     batch_delay_ms: Annotated[
         float, typer.Option(help="longest wait for a batch to fill (0: dispatch at once)")
-    ] = 2.0,
+    ] = 0.0,
     max_items: Annotated[int, typer.Option(help="items per unary request")] = 1024,
     max_in_flight: Annotated[int, typer.Option(help="concurrent requests before refusing")] = 256,
     max_message_mb: Annotated[int, typer.Option(help="largest gRPC message, MiB")] = 16,

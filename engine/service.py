@@ -56,7 +56,7 @@ class BatchingConfig:
     """Budgets of the two micro-batchers (see molret.engine.batching)."""
 
     enabled: bool = True
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = 0.0
     molecule_max_items: int = 128
     molecule_max_atoms: int = 4096
     text_max_items: int = 64
