@@ -30,8 +30,8 @@ from molret.bundle import load_bundle
 from molret.engine.runtime import BundleEmbedder
 from molret.evaluation import cross_modal_metrics
 from molret.export.bundle_export import ExportOptions, export_bundle
-from molret.export.parity import cosine_rows
 from molret.featurize import choose_bucket
+from molret.metrics import cosine_rows
 from molret.trainer.config import load_config
 from molret.trainer.dataset import prepare_pool
 from molret.trainer.embed import embed_molecules, embed_texts_with_encoder

@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from molret.graphs import DEFAULT_BUCKETS, MolGraph, choose_bucket, pad_graphs
+from molret.graphs import DEFAULT_BUCKETS, MolGraph, group_by_bucket, pad_graphs
+from molret.metrics import cosine_rows
 from molret.trainer.config import load_config
 from molret.trainer.model import DualEncoder, GraphTensors, PackedGraphs
 
@@ -203,13 +204,7 @@ def molecule_fn(
                 assert pyg is not None
                 return pyg(pyg.batch(graphs).to(device)).float().cpu().numpy()
             out = np.zeros((len(graphs), model.config.embed_dim), dtype=np.float32)
-            groups: dict[tuple[int, int], list[int]] = {}
-            for index, graph in enumerate(graphs):
-                bucket = choose_bucket(graph, DEFAULT_BUCKETS)
-                if bucket is None:
-                    raise ValueError(f"graph {index} fits no bucket")
-                groups.setdefault(bucket, []).append(index)
-            for bucket, members in groups.items():
+            for bucket, members in group_by_bucket(graphs, DEFAULT_BUCKETS).items():
                 batch = GraphTensors.from_batch(pad_graphs([graphs[i] for i in members], *bucket))
                 args = [t.to(device) for t in batch.as_args()]
                 emb = model.encode_molecule(GraphTensors(*args)).embedding
@@ -254,7 +249,7 @@ def graph_batches(graphs: list[MolGraph], batch: int) -> Iterator[list[MolGraph]
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    cos = cosine_rows(a, b)
     return {"min": float(cos.min()), "mean": float(cos.mean())}
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from molret.bundle import Bundle, bucket_name
-from molret.featurize import GRAPH_ARRAYS, MolGraph, choose_bucket, featurize_many, pad_graphs
+from molret.featurize import GRAPH_ARRAYS, MolGraph, featurize_many, pad_graphs
+from molret.graphs import group_by_bucket
 from molret.text import load_tokenizer, pad_token_ids, validate_text
 
 MOLECULE_INPUTS = GRAPH_ARRAYS  # ONNX input names of every molecule tower
@@ -179,16 +180,7 @@ class BundleEmbedder:
     def embed_graphs(self, graphs: Sequence[MolGraph]) -> np.ndarray:
         """Graphs that each fit a bucket (``featurize_many(..., buckets)`` guarantees it)."""
         vectors = np.zeros((len(graphs), self.dim), dtype=np.float32)
-        by_bucket: dict[tuple[int, int], list[int]] = {}
-        for position, graph in enumerate(graphs):
-            bucket = choose_bucket(graph, self.buckets)
-            if bucket is None:
-                raise ValueError(
-                    f"graph {position} ({graph.n_atoms} atoms, {graph.n_edges} edges) fits no "
-                    f"bucket of this bundle {self.buckets}"
-                )
-            by_bucket.setdefault(bucket, []).append(position)
-        for bucket, positions in by_bucket.items():
+        for bucket, positions in group_by_bucket(graphs, self.buckets).items():
             session = self.molecule_sessions[bucket]
             for lo in range(0, len(positions), self.max_batch):
                 rows = positions[lo : lo + self.max_batch]

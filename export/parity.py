@@ -19,6 +19,7 @@ from molret.bundle import Bundle
 from molret.data import read_pairs
 from molret.engine.runtime import BundleEmbedder
 from molret.featurize import featurize_many
+from molret.metrics import cosine_rows
 
 # Hand-written fallbacks for exporting without the ChEBI-20 files at hand.
 FALLBACK_PAIRS: tuple[tuple[str, str], ...] = (
@@ -62,12 +63,6 @@ def parity_inputs(data_dir: Path | None, n: int) -> tuple[list[str], list[str]]:
         pairs = read_pairs(folder / "validation.txt")[:n]
         return [p.description for p in pairs], [p.smiles for p in pairs]
     return [t for _, t in FALLBACK_PAIRS], [s for s, _ in FALLBACK_PAIRS]
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return np.sum(a * b, axis=1)
 
 
 def reference_embeddings(

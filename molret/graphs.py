@@ -178,6 +178,25 @@ def choose_bucket(
     return min(fitting) if fitting else None
 
 
+def group_by_bucket(
+    graphs: Sequence[MolGraph], buckets: Sequence[tuple[int, int]]
+) -> dict[tuple[int, int], list[int]]:
+    """Positions of the graphs per smallest fitting bucket, for one padded run per bucket.
+
+    ``ValueError`` names the first graph that fits none (callers reject those up front).
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for position, graph in enumerate(graphs):
+        bucket = choose_bucket(graph, buckets)
+        if bucket is None:
+            raise ValueError(
+                f"graph {position} ({graph.n_atoms} atoms, {graph.n_edges} edges) fits no "
+                f"bucket of {list(buckets)}"
+            )
+        groups.setdefault(bucket, []).append(position)
+    return groups
+
+
 def pad_graphs(graphs: Sequence[MolGraph], max_nodes: int, max_edges: int) -> GraphBatch:
     """Pad graphs into one batch; ``ValueError`` names the first graph that does not fit.
 

@@ -182,3 +182,10 @@ def retrieval_metrics(
 ) -> dict[str, float]:
     """`retrieval_ranks` followed by `summarize_ranks`, the usual one-call evaluation."""
     return summarize_ranks(retrieval_ranks(queries, candidates, targets, chunk_size), ks)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row of ``a`` with the same row of ``b`` (parity checks between backends)."""
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.sum(a * b, axis=1)

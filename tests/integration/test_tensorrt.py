@@ -34,7 +34,7 @@ def test_fp16_plans_match_onnx_runtime(smoke_run: Path, tmp_path: Path) -> None:
     from molret.bundle import load_bundle
     from molret.engine.runtime import BundleEmbedder
     from molret.export.bundle_export import ExportOptions, export_bundle
-    from molret.export.parity import cosine_rows
+    from molret.metrics import cosine_rows
 
     out = tmp_path / "trt"
     export_bundle(smoke_run, out, ExportOptions(tensorrt=True, data_dir=smoke_run.parent / "data"))
