@@ -32,7 +32,9 @@ JSON layout::
      "targets": [{"name", "target", "measured", "met", "conditions"}]}
 
     STATS = {"qps", "p50_ms", "p95_ms", "p99_ms", "p999_ms", "mean_ms", "errors", "n",
-             "client_cpu", "server_cpu", ...}
+             "client_cpu", "server_cpu", "server_ms": {"all": PARTS, "slowest_1pct": PARTS}}
+    PARTS = {"prepare", "queue", "inference", "search", "server_total", "unaccounted",
+             "outside_server"} (mean ms, from the Timings of every response)
 
 WORKLOAD is ``text`` (text -> molecules) or ``molecule`` (molecule -> molecules). With
 ``--server`` the section is named after what the server reports (batching on or off).
@@ -120,6 +122,34 @@ def summarize(latencies_s: Sequence[float], errors: int, seconds: float) -> dict
     out["max_ms"] = float(lat.max()) if len(lat) else None
     out["errors"] = int(errors)
     return out
+
+
+SERVER_PARTS = ("prepare", "queue", "inference", "search", "server_total")
+
+
+def server_breakdown(
+    latencies_s: Sequence[float], server_us: Sequence[tuple[int, int, int, int, int]]
+) -> dict[str, dict[str, float]] | None:
+    """Where the time of the calls went, from the Timings each response carries (ms).
+
+    ``all``: means over every successful call; ``slowest_1pct``: means over the calls at or
+    above the client-side p99, i.e. what the tail is made of. ``outside_server`` is the client
+    latency minus the server's total: gRPC transport, (de)serialisation and the client itself.
+    ``unaccounted`` is the server's total minus its four parts: event-loop and thread hand-offs,
+    building the response.
+    """
+    if not latencies_s:
+        return None
+    client = np.asarray(latencies_s, dtype=np.float64) * 1000.0
+    parts = np.asarray(server_us, dtype=np.float64).reshape(-1, 5) / 1000.0
+    columns = dict(zip(SERVER_PARTS, parts.T, strict=True))
+    columns["unaccounted"] = columns["server_total"] - parts[:, :4].sum(axis=1)
+    columns["outside_server"] = client - columns["server_total"]
+    tail = client >= np.percentile(client, 99)
+    return {
+        "all": {name: float(col.mean()) for name, col in columns.items()},
+        "slowest_1pct": {name: float(col[tail].mean()) for name, col in columns.items()},
+    }
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -291,6 +321,16 @@ class _Window:
     end: float
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    # The server's own account of each successful call (same order as latencies).
+    server: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+
+    def record(self, latency_s: float, error: str | None, timings: Any) -> None:
+        if error is not None:
+            self.errors[error] += 1
+            return
+        self.latencies.append(latency_s)
+        t = timings
+        self.server.append((t.prepare_us, t.queue_us, t.inference_us, t.search_us, t.total_us))
 
     def inside(self, t: float) -> bool:
         return self.start <= t <= self.end
@@ -306,15 +346,15 @@ def _channel(target: str) -> grpc.aio.Channel:
     )
 
 
-async def _call(method: Any, request: Any, timeout: float) -> str | None:
-    """One RPC; None on success, else a short error label (status code or item error)."""
+async def _call(method: Any, request: Any, timeout: float) -> tuple[str | None, Any]:
+    """One RPC: (None, the server's Timings) on success, else (a short error label, None)."""
     try:
         reply = await method(request, timeout=timeout)
     except grpc.aio.AioRpcError as exc:
-        return exc.code().name
+        return exc.code().name, None
     if any(r.HasField("error") for r in reply.results):
-        return "ITEM_ERROR"
-    return None
+        return "ITEM_ERROR", None
+    return None, reply.timings
 
 
 async def _cpu_probe(
@@ -336,6 +376,7 @@ async def _cpu_probe(
 def _stats(window: _Window, cpu: dict[str, float | None]) -> dict[str, Any]:
     out = summarize(window.latencies, sum(window.errors.values()), window.end - window.start)
     out["error_codes"] = dict(window.errors)
+    out["server_ms"] = server_breakdown(window.latencies, window.server)
     out.update(cpu)
     return out
 
@@ -363,14 +404,11 @@ async def closed_loop(
                 sent = time.perf_counter()
                 if sent >= window.end:
                     return
-                error = await _call(method, requests[i % len(requests)], timeout)
+                error, timings = await _call(method, requests[i % len(requests)], timeout)
                 done = time.perf_counter()
                 i += 1
                 if window.inside(done):
-                    if error is None:
-                        window.latencies.append(done - sent)
-                    else:
-                        window.errors[error] += 1
+                    window.record(done - sent, error, timings)
 
         probe = asyncio.ensure_future(_cpu_probe(window, server_cpu))
         await asyncio.gather(*(client(w) for w in range(concurrency)))
@@ -409,15 +447,12 @@ async def open_loop(
 
         async def one(scheduled: float, request: Any) -> None:
             nonlocal completed_in_window
-            error = await _call(method, request, timeout)
+            error, timings = await _call(method, request, timeout)
             done = time.perf_counter()
             if window.inside(done):
                 completed_in_window += 1
             if window.inside(scheduled):  # every request scheduled in the window counts
-                if error is None:
-                    window.latencies.append(done - scheduled)
-                else:
-                    window.errors[error] += 1
+                window.record(done - scheduled, error, timings)
 
         probe = asyncio.ensure_future(_cpu_probe(window, server_cpu))
         tasks = []
@@ -630,6 +665,7 @@ def print_table(report: dict[str, Any]) -> None:
             f"{s['errors']:4d}   ({s['what']})"
         )
     print("(latencies in ms; cpu = cores busy, client = this process, server = its process)")
+    print_breakdown(report)
     busy = [
         (w, n, lvl, s["client_cpu"])
         for w, sections in report["results"].items()
@@ -646,6 +682,23 @@ def print_table(report: dict[str, Any]) -> None:
         match = "" if t["conditions_match"] else " (conditions differ from the target's)"
         print(f"target {t['name']} {t['target']}: measured {measured} -> {status}{match}")
     print(f"conditions: {report['targets'][0]['conditions']}")
+
+
+def print_breakdown(report: dict[str, Any]) -> None:
+    """Mean ms per part of a call at concurrency 1: all calls, then the slowest 1%."""
+    names = (*SERVER_PARTS, "unaccounted", "outside_server")
+    header = f"{'c=1 breakdown (ms)':34} " + " ".join(f"{n:>9.9}" for n in names)
+    lines = []
+    for workload, sections in report["results"].items():
+        for name, section in sections.items():
+            stats = section.get("concurrency", {}).get("1") if name.startswith("batching") else None
+            parts = stats.get("server_ms") if stats else None
+            for which in ("all", "slowest_1pct") if parts else ():
+                values = " ".join(f"{parts[which][n]:9.2f}" for n in names)
+                lines.append(f"{workload + ' ' + name + ' ' + which:34} {values}")
+    if lines:
+        print(header)
+        print("\n".join(lines))
 
 
 def plot(report: dict[str, Any], path: Path) -> None:

@@ -24,6 +24,13 @@ from molret.text import load_tokenizer, pad_token_ids, validate_text
 
 MOLECULE_INPUTS = GRAPH_ARRAYS  # ONNX input names of every molecule tower
 
+# Padded-token budget of one text run (rows x longest row). On CPU, bigger runs are slower per
+# text, not faster: 256 ChEBI-20 descriptions in requests of 32, 2 cores, measured 2026-11-26:
+# fp32 133 texts/s one at a time, 144 at 256-512 tokens, 129 at 1,024, 81 at 4,096; int8 269
+# alone, 266 at 512, 145 at 4,096. A GPU wants the opposite (large runs amortise launches).
+CPU_TEXT_CHUNK_TOKENS = 512
+GPU_TEXT_CHUNK_TOKENS = 8192
+
 
 @dataclass(frozen=True)
 class ItemError:
@@ -61,7 +68,27 @@ def length_chunks(lengths: Sequence[int], max_rows: int, max_tokens: int) -> lis
     return chunks
 
 
-def _session_options(threads: int | None) -> object:
+def spinning_allowed(tower: str) -> bool:
+    """Whether ONNX Runtime's intra-op threads of a tower's sessions busy-wait between parallel
+    sections instead of sleeping. ``MOLRET_ORT_SPINNING``: ``text`` (default) = the text
+    session spins and the molecule sessions do not; ``all`` / ``1``; ``none`` / ``0``.
+
+    Each session owns its thread pool. Spinning saves a thread wake-up at every parallel op,
+    which pays off in the text tower's long chain of large matmuls, but a spinning pool also
+    holds a core that the event loop, featurization and index search of the next request need.
+    Measured over a 1M index (int8 bundle, 2 cores, c=1): with everything spinning the server
+    burnt 1.8-1.9 cores and molecule->molecules p99 was 13.0 ms; with nothing spinning 1.0-1.3
+    cores and 7.5-8.0 ms, but text inference took ~1 ms longer on average (5.5-6.1 vs 4.1-4.5).
+    """
+    mode = os.environ.get("MOLRET_ORT_SPINNING", "text").strip().lower()
+    if mode in ("1", "all", "true", "yes"):
+        return True
+    if mode in ("0", "none", "false", "no"):
+        return False
+    return tower == "text"
+
+
+def _session_options(threads: int | None, spinning: bool = True) -> object:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -69,6 +96,8 @@ def _session_options(threads: int | None) -> object:
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -93,25 +122,31 @@ class BundleEmbedder:
         max_batch: int = 64,
         providers: Sequence[str] | None = None,
         tensorrt: bool = False,
-        max_tokens: int = 4096,
+        max_tokens: int | None = None,
     ) -> None:
-        """``tensorrt=True`` runs the bundle's TensorRT plans instead (GPU, TensorRT 10)."""
+        """``tensorrt=True`` runs the bundle's TensorRT plans instead (GPU, TensorRT 10).
+        ``max_tokens``: padded tokens per text run; default by device (see
+        ``CPU_TEXT_CHUNK_TOKENS``)."""
         import onnxruntime as ort
 
         self.bundle = bundle
         self.dim = bundle.embedding_dim
         self.max_batch = max_batch
+        chosen = list(providers or default_providers())
+        on_gpu = tensorrt or "CUDAExecutionProvider" in chosen
+        if max_tokens is None:
+            max_tokens = GPU_TEXT_CHUNK_TOKENS if on_gpu else CPU_TEXT_CHUNK_TOKENS
         self.max_tokens = max_tokens
         self.buckets = bundle.buckets
         self.tokenizer = load_tokenizer(bundle.tokenizer_path, max_length=bundle.text_max_length)
-        options = _session_options(threads)
-        chosen = list(providers or default_providers())
+        text_options = _session_options(threads, spinning_allowed("text"))
+        molecule_options = _session_options(threads, spinning_allowed("molecule"))
         self.text_session = ort.InferenceSession(
-            str(bundle.text_onnx), sess_options=options, providers=chosen
+            str(bundle.text_onnx), sess_options=text_options, providers=chosen
         )
         self.molecule_sessions = {
             bucket: ort.InferenceSession(
-                str(bundle.molecule_onnx(bucket)), sess_options=options, providers=chosen
+                str(bundle.molecule_onnx(bucket)), sess_options=molecule_options, providers=chosen
             )
             for bucket in self.buckets
         }

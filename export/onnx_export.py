@@ -47,8 +47,7 @@ class MoleculeTower(nn.Module):
 
     def __init__(self, model: DualEncoder) -> None:
         super().__init__()
-        self.tower = model.molecule_tower
-        self.projector = model.projector
+        self.model = model
 
     def forward(
         self,
@@ -59,8 +58,12 @@ class MoleculeTower(nn.Module):
         atom_mask: torch.Tensor,
         edge_mask: torch.Tensor,
     ) -> torch.Tensor:
-        states = self.tower(atom_features, bond_features, edge_src, edge_dst, atom_mask, edge_mask)
-        return self.projector(states, atom_mask, "molecule")
+        model = self.model
+        states = model.molecule_tower(
+            atom_features, bond_features, edge_src, edge_dst, atom_mask, edge_mask
+        )
+        extra = model.molecule_extra(atom_features, atom_mask)
+        return model.projector(states, atom_mask, "molecule", extra)
 
 
 def example_graph_inputs(

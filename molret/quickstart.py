@@ -5,7 +5,7 @@ Stages (each timed and printed; every one reuses what an earlier run left in ``-
 1. data: ChEBI-20 at ``--data`` / $MOLRET_DATA, else a message saying where to get it (exit 2);
 2. text-state cache: the frozen encoder's token states of every train + validation description,
    built once per machine under $MOLRET_CACHE (the slow part of a first run, 6-9 min on 2 cores);
-3. train: ``configs/quickstart.yaml`` (cpu-fast cut to one epoch) into ``OUT/run``; a run that
+3. train: ``configs/quickstart.yaml`` (cpu-fast cut to two epochs) into ``OUT/run``; a run that
    was stopped resumes, a finished one is kept;
 4. export: ``OUT/bundle`` (fp32 ONNX, parity-checked), kept while it verifies and was exported
    from the current weights;

@@ -34,6 +34,9 @@ class ModelConfig:
     # nearly the same mean atom state, while ChEBI descriptions name exact chain lengths and
     # substituent counts. Off = the paper's projector.
     sum_pool: bool = False
+    # Molecule tower: also a learned Morgan count fingerprint (per-atom feature embeddings summed
+    # over the molecule, then an MLP) added to the pooled vector. Off = the paper's tower.
+    fingerprint_branch: bool = False
 
 
 @dataclass
@@ -62,6 +65,11 @@ class OptimConfig:
     grad_clip: float = 1.0
     seed: int = 42
     checkpoint_every_steps: int = 200
+    # Precision of the training forward pass: "fp32", or "bf16" autocast (matmuls in bfloat16,
+    # losses, optimiser and master weights in float32). On an AVX512-BF16 CPU bf16 halves the
+    # step time (measured 640 -> 338 ms per cpu-fast step on 2 cores); evaluation, selection
+    # and export always run in float32.
+    precision: str = "fp32"
 
 
 @dataclass
@@ -145,6 +153,8 @@ def validate(config: Config) -> None:
         raise ValueError("loss.second_order_mode must be similarity or distance")
     if config.model.embed_dim % config.model.num_heads:
         raise ValueError("model.embed_dim must be divisible by model.num_heads")
+    if config.optim.precision not in ("fp32", "bf16"):
+        raise ValueError(f"optim.precision must be fp32 or bf16, got {config.optim.precision!r}")
     if config.data.selection_pool not in ("validation", "all"):
         raise ValueError("data.selection_pool must be validation or all")
     if not 0.0 <= config.data.holdout_fraction < 1.0:

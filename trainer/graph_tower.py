@@ -16,6 +16,10 @@ from torch import nn
 
 from molret.graphs import ATOM_FEATURE_SIZES, BOND_FEATURE_SIZES
 
+# Atom counts are divided by this before the fingerprint MLP: a typical ChEBI-20 molecule has
+# ~32 atoms, so the summed embedding keeps the scale of one atom's while still counting.
+COUNT_SCALE = 32.0
+
 
 class CategoricalEmbedding(nn.Module):
     """Sum of one embedding per categorical column, stored in one table with column offsets."""
@@ -141,3 +145,41 @@ class MoleculeTower(nn.Module):
             update = layer.forward_packed(h, bond_embedding(bond_features), edge_src, edge_dst)
             h = norm(h + self.dropout(torch.relu(update)))
         return self.out(h)
+
+
+class FingerprintBranch(nn.Module):
+    """A learned Morgan count fingerprint beside the message passing.
+
+    Every atom's categorical features (element, charge, ..., and its hashed radius-1 and
+    radius-2 Morgan identifiers) are embedded and *summed* over the molecule: a linear map of
+    the molecule's hashed substructure counts, which is what the Morgan-count yardstick sees.
+    An MLP of it joins the projector's pooled vector. The memory-bank attention averages atom
+    states, so on its own it cannot tell a C16 from a C18 chain; exact counts can.
+    Inputs are the atom features the tower already gets: no new bundle input.
+    """
+
+    def __init__(self, hidden: int, out_dim: int) -> None:
+        super().__init__()
+        self.embedding = CategoricalEmbedding(ATOM_FEATURE_SIZES, hidden)
+        self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+    def counts(self, atom_features: torch.Tensor, atom_mask: torch.Tensor) -> torch.Tensor:
+        """The learned count vector [B, hidden] of padded atoms [B, N, F], bool mask [B, N]."""
+        per_atom = self.embedding(atom_features)
+        return (per_atom * atom_mask.unsqueeze(-1).to(per_atom.dtype)).sum(dim=1) / COUNT_SCALE
+
+    def forward(self, atom_features: torch.Tensor, atom_mask: torch.Tensor) -> torch.Tensor:
+        """Padded atoms [B, N, F] with a bool mask [B, N] -> [B, out_dim]."""
+        return self.mlp(self.counts(atom_features, atom_mask))
+
+    def forward_packed(self, atom_features: torch.Tensor, atom_counts: list[int]) -> torch.Tensor:
+        """Back-to-back atoms [n_atoms_total, F] of molecules with `atom_counts` atoms."""
+        per_atom = self.embedding(atom_features)
+        molecule = torch.repeat_interleave(
+            torch.arange(len(atom_counts), device=per_atom.device),
+            torch.tensor(atom_counts, device=per_atom.device),
+        )
+        counts = per_atom.new_zeros(len(atom_counts), per_atom.shape[-1]).index_add_(
+            0, molecule, per_atom
+        )
+        return self.mlp(counts / COUNT_SCALE)

@@ -210,8 +210,8 @@ class Trainer:
         graphs = PackedGraphs.from_graphs([pool.graphs[i] for i in positions])  # type: ignore[misc]
         mol = self.model.encode_molecule(graphs)
         if self.model.text_encoder is None:
-            states, mask = pool.texts.batch(positions.tolist())
-            text = self.model.encode_text_states(states, mask)
+            states, lengths = pool.texts.packed(positions.tolist())
+            text = self.model.encode_text_packed(states, lengths)
         else:
             from molret.text import encode, load_tokenizer
 
@@ -228,7 +228,9 @@ class Trainer:
 
     def step(self, positions: np.ndarray) -> dict[str, float]:
         self.model.train()
-        text, mol = self.encode_batch(self.local_positions(positions))
+        with torch.autocast("cpu", torch.bfloat16, enabled=self.config.optim.precision == "bf16"):
+            text, mol = self.encode_batch(self.local_positions(positions))
+        text, mol = text.float(), mol.float()  # the losses and the critic stay in float32
         if self.critic is not None and self.critic_optimizer is not None:
             c_loss = critic_loss(
                 self.critic, D.gather_with_grad(text.pooled), D.gather_with_grad(mol.pooled)

@@ -18,7 +18,7 @@ from torch import nn
 from molret.graphs import MolGraph
 
 from .config import ModelConfig
-from .graph_tower import MoleculeTower
+from .graph_tower import FingerprintBranch, MoleculeTower
 from .projector import MemoryBankProjector, masked_mean
 
 
@@ -78,12 +78,15 @@ class PackedGraphs:
 
     def pad(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed atom states -> padded [B, N, d] and a bool mask, for the attention pooling."""
-        padded = nn.utils.rnn.pad_sequence(list(states.split(self.atom_counts)), batch_first=True)
-        counts = torch.tensor(self.atom_counts, device=states.device)
-        mask = torch.arange(padded.shape[1], device=states.device).unsqueeze(0) < counts.unsqueeze(
-            1
-        )
-        return padded, mask
+        return pad_packed(states, self.atom_counts)
+
+
+def pad_packed(states: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Back-to-back states [sum(counts), d] -> padded [B, max(counts), d] and a bool mask."""
+    padded = nn.utils.rnn.pad_sequence(list(states.split(counts)), batch_first=True)
+    lengths = torch.tensor(counts, device=states.device)
+    mask = torch.arange(padded.shape[1], device=states.device).unsqueeze(0) < lengths.unsqueeze(1)
+    return padded, mask
 
 
 @dataclass
@@ -92,6 +95,9 @@ class Encoded:
 
     embedding: torch.Tensor
     pooled: torch.Tensor
+
+    def float(self) -> Encoded:
+        return Encoded(self.embedding.float(), self.pooled.float())
 
 
 class TextHead(nn.Module):
@@ -119,6 +125,11 @@ class DualEncoder(nn.Module):
         self.molecule_tower = MoleculeTower(
             config.graph_hidden, config.embed_dim, config.graph_layers, config.dropout
         )
+        self.fingerprint = (
+            FingerprintBranch(config.graph_hidden, config.embed_dim)
+            if config.fingerprint_branch
+            else None
+        )
         self.projector = MemoryBankProjector(
             config.embed_dim,
             num_memories=config.num_memories,
@@ -134,6 +145,14 @@ class DualEncoder(nn.Module):
         states = self.text_head(token_states)
         return Encoded(self.projector(states, mask, "text"), masked_mean(states, mask))
 
+    def encode_text_packed(self, token_states: torch.Tensor, lengths: list[int]) -> Encoded:
+        """From back-to-back token states [sum(lengths), hidden]: the head skips the padding.
+
+        Equal to `encode_text_states` on the padded batch (the head is per token and the
+        projector masks padding); only the cost differs."""
+        states, mask = pad_packed(self.text_head(token_states), lengths)
+        return Encoded(self.projector(states, mask, "text"), masked_mean(states, mask))
+
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
         if self.text_encoder is None:
             raise RuntimeError("this model was built without a text encoder (frozen, cached)")
@@ -146,12 +165,23 @@ class DualEncoder(nn.Module):
                 graphs.atom_features, graphs.bond_features, graphs.edge_src, graphs.edge_dst
             )
             states, mask = graphs.pad(packed)
-            return Encoded(self.projector(states, mask, "molecule"), masked_mean(states, mask))
-        states = self.molecule_tower(*graphs.as_args())
-        return Encoded(
-            self.projector(states, graphs.atom_mask, "molecule"),
-            masked_mean(states, graphs.atom_mask),
-        )
+            extra = (
+                self.fingerprint.forward_packed(graphs.atom_features, graphs.atom_counts)
+                if self.fingerprint is not None
+                else None
+            )
+        else:
+            states, mask = self.molecule_tower(*graphs.as_args()), graphs.atom_mask
+            extra = self.molecule_extra(graphs.atom_features, mask)
+        return Encoded(self.projector(states, mask, "molecule", extra), masked_mean(states, mask))
+
+    def molecule_extra(
+        self, atom_features: torch.Tensor, atom_mask: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The fingerprint branch on padded atoms (None when the config has none)."""
+        if self.fingerprint is None:
+            return None
+        return self.fingerprint(atom_features, atom_mask)
 
 
 def freeze_lower_layers(encoder: nn.Module, trainable_layers: int) -> None:

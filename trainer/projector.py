@@ -82,11 +82,18 @@ class MemoryBankProjector(nn.Module):
         self.head_linear = nn.Linear(2 * dim if sum_pool else dim, dim, bias=False)
         self.head_norm = ModalityBatchNorm(dim)
 
-    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One vector per item, before the shared head ([B, 2d] with ``sum_pool``)."""
+    def pool(
+        self, states: torch.Tensor, mask: torch.Tensor, extra: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One vector per item, before the shared head ([B, 2d] with ``sum_pool``).
+
+        ``extra`` [B, d] is added to the pooled states: a modality-specific summary that the
+        states cannot give (the molecule tower's fingerprint branch)."""
         pooled = (
             self.attend(states, mask).mean(dim=1) if self.use_memory else masked_mean(states, mask)
         )
+        if extra is not None:
+            pooled = pooled + extra
         if self.sum_pool:
             pooled = torch.cat([pooled, masked_sum(states, mask) / SUM_POOL_SCALE], dim=-1)
         return pooled
@@ -112,7 +119,13 @@ class MemoryBankProjector(nn.Module):
         out = (weights @ v).transpose(1, 2).flatten(2)  # [B, K, d]
         return out @ attention.out_proj.weight.T
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor, modality: str) -> torch.Tensor:
+    def forward(
+        self,
+        states: torch.Tensor,
+        mask: torch.Tensor,
+        modality: str,
+        extra: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Final L2-normalised embeddings; `modality` is "text" or "molecule"."""
-        pooled = self.pool(states, mask) * torch.exp(self.log_scale)
+        pooled = self.pool(states, mask, extra) * torch.exp(self.log_scale)
         return F.normalize(torch.tanh(self.head_norm(self.head_linear(pooled), modality)), dim=-1)

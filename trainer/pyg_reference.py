@@ -13,11 +13,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torch_geometric.data import Batch, Data
-from torch_geometric.nn import GINEConv
+from torch_geometric.nn import GINEConv, global_add_pool
 from torch_geometric.utils import to_dense_batch
 
 from molret.graphs import MolGraph
 
+from .graph_tower import COUNT_SCALE
 from .model import DualEncoder
 
 
@@ -42,6 +43,7 @@ class PygMoleculeEncoder(nn.Module):
         super().__init__()
         self.tower = model.molecule_tower
         self.projector = model.projector
+        self.fingerprint = model.fingerprint
         self.convs = nn.ModuleList(_gine(layer) for layer in self.tower.layers)
 
     @staticmethod
@@ -67,4 +69,8 @@ class PygMoleculeEncoder(nn.Module):
             update = conv(h, batch.edge_index, bond_embedding(batch.edge_attr))
             h = norm(h + torch.relu(update))
         states, mask = to_dense_batch(tower.out(h), batch.batch)
-        return self.projector(states, mask, "molecule")
+        extra = None
+        if self.fingerprint is not None:  # per-molecule sum by torch-geometric's scatter
+            counts = global_add_pool(self.fingerprint.embedding(batch.x), batch.batch)
+            extra = self.fingerprint.mlp(counts / COUNT_SCALE)
+        return self.projector(states, mask, "molecule", extra)

@@ -82,6 +82,14 @@ class TokenStateCache:
             mask[row, :n] = True
         return torch.from_numpy(out), torch.from_numpy(mask)
 
+    def packed(self, indices: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
+        """The states of the given texts back to back (float32 [sum of lengths, H]) and the
+        lengths. Training runs the text head on these: a random batch of ChEBI-20 descriptions
+        padded to its longest one is only about 44% real tokens."""
+        spans = [(int(self.offsets[i]), int(self.offsets[i + 1])) for i in indices]
+        states = np.concatenate([self.states[a:b] for a, b in spans]).astype(np.float32)
+        return torch.from_numpy(states), [b - a for a, b in spans]
+
 
 def load_or_build(
     texts: Sequence[str],

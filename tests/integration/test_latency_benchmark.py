@@ -72,6 +72,12 @@ def test_small_sweep_writes_the_contract(
                 assert stats["errors"] == 0
                 assert stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"] <= stats["p999_ms"]
                 assert stats["client_cpu"] is not None
+                parts = stats["server_ms"]["all"]
+                assert parts["inference"] > 0 and parts["server_total"] > 0
+                # The server's parts fit inside its total, its total inside the client's time.
+                assert parts["unaccounted"] >= 0 and parts["outside_server"] >= 0
+                assert parts["server_total"] <= stats["mean_ms"]
+                assert stats["server_ms"]["slowest_1pct"]["server_total"] >= 0
         open_loop = sections["batching_on"]["rates"]["20"]
         assert set(open_loop) >= LEVEL_KEYS and open_loop["errors"] == 0
         assert open_loop["n"] > 0 and open_loop["p50_ms"] <= open_loop["p99_ms"]

@@ -17,7 +17,7 @@ SMOKE = REPO / "configs" / "smoke.yaml"
 
 
 def run_train(
-    data: Path, out: Path, cache: Path, *extra: str, torchrun: int = 0
+    data: Path, out: Path, cache: Path, *extra: str, torchrun: int = 0, config: Path = SMOKE
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MOLRET_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     args = [
@@ -25,7 +25,7 @@ def run_train(
         "molret.cli",
         "train",
         "--config",
-        str(SMOKE),
+        str(config),
         "--data",
         str(data),
         "--out",
@@ -95,6 +95,26 @@ def test_same_seed_same_weights(tiny_data: Path, tmp_path: Path, shared_cache: P
     wa, wb, wc = weights(a), weights(b), weights(c)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_bf16_autocast_trains_float32_weights_deterministically(
+    tiny_data: Path, tmp_path: Path, shared_cache: Path
+) -> None:
+    """optim.precision=bf16 really changes the arithmetic (weights differ from fp32 training),
+    keeps float32 master weights, and is as deterministic as fp32."""
+    bf16_config = tmp_path / "smoke-bf16.yaml"
+    bf16_config.write_text(SMOKE.read_text().replace("optim:\n", "optim:\n  precision: bf16\n"))
+    fp32, a, b = tmp_path / "fp32", tmp_path / "a", tmp_path / "b"
+    run_train(tiny_data, fp32, shared_cache, "--max-steps", "3")
+    run_train(tiny_data, a, shared_cache, "--max-steps", "3", config=bf16_config)
+    run_train(tiny_data, b, shared_cache, "--max-steps", "3", config=bf16_config)
+    w32, wa, wb, w0 = weights(fp32), weights(a), weights(b), initial_weights()
+    assert all(wa[k].dtype == torch.float32 for k in wa)
+    assert all(torch.isfinite(wa[k]).all() for k in wa)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    moved = max(float((wa[k] - w0[k]).abs().max()) for k in wa)
+    assert moved > 1e-3, "bf16 training did not move the weights"
+    assert any(not torch.equal(wa[k], w32[k]) for k in wa), "bf16 gave the fp32 result"
 
 
 def test_resume_after_kill_matches_uninterrupted(

@@ -101,6 +101,7 @@ def test_unknown_key_is_refused_and_named(tmp_path: Path) -> None:
         ("model:\n  embed_dim: 30\n  num_heads: 4\n", "num_heads"),
         ("data:\n  holdout_fraction: 1.0\n", "holdout_fraction"),
         ("data:\n  holdout_fraction: -0.1\n", "holdout_fraction"),
+        ("optim:\n  precision: fp16\n", "precision"),
     ],
 )
 def test_invalid_values_are_refused(tmp_path: Path, text: str, match: str) -> None:

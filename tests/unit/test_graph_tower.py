@@ -293,7 +293,8 @@ def test_tower_forward_uses_no_scatter(graphs) -> None:
     assert "bmm" in recorder.ops
 
 
-def test_packed_path_equals_dense_path() -> None:
+@pytest.mark.parametrize("fingerprint_branch", [False, True])
+def test_packed_path_equals_dense_path(fingerprint_branch: bool) -> None:
     """Training runs the packed (index_add) twin; export runs the dense one: same numbers."""
     from molret.featurize import featurize_many, pad_graphs
     from molret.trainer.config import ModelConfig
@@ -304,7 +305,14 @@ def test_packed_path_equals_dense_path() -> None:
     assert not errors
     torch.manual_seed(0)
     model = DualEncoder(
-        ModelConfig(embed_dim=16, graph_hidden=16, graph_layers=3, num_memories=4), 8
+        ModelConfig(
+            embed_dim=16,
+            graph_hidden=16,
+            graph_layers=3,
+            num_memories=4,
+            fingerprint_branch=fingerprint_branch,
+        ),
+        8,
     )
     model.eval()
     dense = GraphTensors.from_batch(pad_graphs(graphs, 40, 90))
@@ -324,3 +332,33 @@ def test_packed_path_equals_dense_path() -> None:
             atol=1e-5,
             rtol=1e-5,
         )
+
+
+def test_fingerprint_branch_counts_and_ignores_padding() -> None:
+    """The branch sums: C18 minus C16 is exactly two interior CH2 atoms (a mean would give
+    something else), garbage in padded atom rows changes nothing, packed equals padded."""
+    from molret.featurize import featurize_many, pad_graphs
+    from molret.trainer.graph_tower import FingerprintBranch
+
+    torch.manual_seed(0)
+    branch = FingerprintBranch(16, 8).eval()
+    graphs, errors = featurize_many(["C" * 18, "C" * 16])
+    assert not errors
+    batch = pad_graphs(graphs, 32, 80)
+    features = torch.from_numpy(batch.atom_features)
+    mask = torch.from_numpy(batch.atom_mask)
+    with torch.no_grad():
+        out = branch(features, mask)
+        garbage = features.clone()
+        garbage[~mask] = 3  # a valid index in every column
+        torch.testing.assert_close(branch(garbage, mask), out, atol=0, rtol=0)
+        packed = branch.forward_packed(
+            torch.cat([torch.from_numpy(g.atom_features) for g in graphs]),
+            [g.n_atoms for g in graphs],
+        )
+    torch.testing.assert_close(packed, out, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        counts = branch.counts(features, mask)
+        interior = branch.embedding(features[0, 8:9])  # an atom in the middle of the C18 chain
+    assert torch.equal(features[0, 8], features[1, 8])  # same environment in the C16 chain
+    torch.testing.assert_close(counts[0] - counts[1], 2 * interior[0] / 32.0, atol=1e-5, rtol=1e-4)

@@ -18,9 +18,14 @@ from molret.trainer.pyg_reference import PygMoleculeEncoder  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_pyg_encoder_equals_packed_model() -> None:
+@pytest.mark.parametrize("fingerprint_branch", [False, True])
+def test_pyg_encoder_equals_packed_model(fingerprint_branch: bool) -> None:
     torch.manual_seed(0)
-    model = build_model(load_config(REPO / "configs" / "smoke.yaml")).eval()
+    config = load_config(
+        REPO / "configs" / "smoke.yaml", {"model.fingerprint_branch": fingerprint_branch}
+    )
+    model = build_model(config).eval()
+    assert (model.fingerprint is not None) == fingerprint_branch
     graphs, errors = featurize_many(
         ["CCO", "c1ccccc1C(=O)O", "[Na+].[Cl-]", "C[C@H](N)C(=O)O", "O"]
     )

@@ -1,8 +1,9 @@
-"""Length-sorted chunking of token id lists under a row and padded-token budget."""
+"""Length-sorted chunking of token id lists under a row and padded-token budget; ORT options."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from molret.engine.runtime import length_chunks
 
@@ -27,3 +28,28 @@ def test_long_row_runs_alone_and_empty_input() -> None:
 def test_short_rows_fill_up_to_max_rows() -> None:
     chunks = length_chunks([10] * 100, max_rows=32, max_tokens=4096)
     assert [len(c) for c in chunks] == [32, 32, 32, 4]
+
+
+@pytest.mark.parametrize(
+    ("mode", "text", "molecule"),
+    [(None, True, False), ("all", True, True), ("1", True, True), ("none", False, False),
+     ("0", False, False)],
+)  # fmt: skip
+def test_spinning_per_tower(monkeypatch, mode, text, molecule) -> None:  # type: ignore[no-untyped-def]
+    from molret.engine.runtime import spinning_allowed
+
+    if mode is None:
+        monkeypatch.delenv("MOLRET_ORT_SPINNING", raising=False)
+    else:
+        monkeypatch.setenv("MOLRET_ORT_SPINNING", mode)
+    assert spinning_allowed("text") is text
+    assert spinning_allowed("molecule") is molecule
+
+
+def test_no_spinning_reaches_the_session_options() -> None:
+    from molret.engine.runtime import _session_options
+
+    key = "session.intra_op.allow_spinning"
+    assert _session_options(2, spinning=False).get_session_config_entry(key) == "0"
+    with pytest.raises(Exception, match="does not have configuration"):  # ORT's default: spin
+        _session_options(2, spinning=True).get_session_config_entry(key)
