@@ -108,15 +108,38 @@ def _export(
         )
 
 
+def _declare_output_width(path: Path, width: int) -> None:
+    """Write the embedding width into the graph's output type.
+
+    The TorchScript exporter names it symbolically (``Divembedding_dim_1``) once a second
+    branch feeds the projector, although it is a constant of the model. TensorRT and the
+    bundle checks read the declared shape, so it is set here; the parity check that follows
+    every export runs the graph and would fail on a wrong width.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    (output,) = model.graph.output
+    dim = output.type.tensor_type.shape.dim[1]
+    if dim.dim_value not in (0, width):
+        raise ValueError(f"{path.name}: output width {dim.dim_value}, expected {width}")
+    dim.ClearField("dim_param")
+    dim.dim_value = width
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def export_text_tower(encoder: nn.Module, model: DualEncoder, path: Path) -> None:
     ids = torch.tensor([[101, 2023, 2003, 102], [101, 2023, 102, 0]], dtype=torch.long)
     mask = (ids != 0).long()
     axes = {name: {0: "batch", 1: "sequence"} for name in TEXT_INPUTS}
     axes[OUTPUT] = {0: "batch"}
     _export(TextTower(encoder, model), (ids, mask), path, TEXT_INPUTS, axes)
+    _declare_output_width(path, model.config.embed_dim)
 
 
 def export_molecule_tower(model: DualEncoder, bucket: tuple[int, int], path: Path) -> None:
     """One bucket: node and edge axes fixed at (max_nodes, max_edges), batch dynamic."""
     axes = {name: {0: "batch"} for name in (*MOLECULE_INPUTS, OUTPUT)}
     _export(MoleculeTower(model), example_graph_inputs(*bucket), path, MOLECULE_INPUTS, axes)
+    _declare_output_width(path, model.config.embed_dim)
