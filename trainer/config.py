@@ -67,7 +67,7 @@ class OptimConfig:
     checkpoint_every_steps: int = 200
     # Precision of the training forward pass: "fp32", or "bf16" autocast (matmuls in bfloat16,
     # losses, optimiser and master weights in float32). On an AVX512-BF16 CPU bf16 halves the
-    # step time (measured 640 -> 338 ms per cpu-fast step on 2 cores); evaluation, selection
+    # step time (measured 829 -> 313 ms per cpu-fast step on 2 cores); evaluation, selection
     # and export always run in float32.
     precision: str = "fp32"
 

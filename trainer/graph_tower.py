@@ -179,7 +179,12 @@ class FingerprintBranch(nn.Module):
             torch.arange(len(atom_counts), device=per_atom.device),
             torch.tensor(atom_counts, device=per_atom.device),
         )
-        counts = per_atom.new_zeros(len(atom_counts), per_atom.shape[-1]).index_add_(
+        sums = per_atom.new_zeros(len(atom_counts), per_atom.shape[-1]).index_add_(
             0, molecule, per_atom
         )
-        return self.mlp(counts / COUNT_SCALE)
+        return self.from_atom_sums(sums)
+
+    def from_atom_sums(self, sums: torch.Tensor) -> torch.Tensor:
+        """Per-molecule sums of the atom embeddings [B, hidden] -> [B, out_dim], however they
+        were summed (padded, packed, or torch-geometric's scatter in the reference)."""
+        return self.mlp(sums / COUNT_SCALE)

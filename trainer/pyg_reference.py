@@ -18,7 +18,6 @@ from torch_geometric.utils import to_dense_batch
 
 from molret.graphs import MolGraph
 
-from .graph_tower import COUNT_SCALE
 from .model import DualEncoder
 
 
@@ -71,6 +70,6 @@ class PygMoleculeEncoder(nn.Module):
         states, mask = to_dense_batch(tower.out(h), batch.batch)
         extra = None
         if self.fingerprint is not None:  # per-molecule sum by torch-geometric's scatter
-            counts = global_add_pool(self.fingerprint.embedding(batch.x), batch.batch)
-            extra = self.fingerprint.mlp(counts / COUNT_SCALE)
+            sums = global_add_pool(self.fingerprint.embedding(batch.x), batch.batch)
+            extra = self.fingerprint.from_atom_sums(sums)
         return self.projector(states, mask, "molecule", extra)
