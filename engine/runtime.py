@@ -25,9 +25,9 @@ from molret.text import load_tokenizer, pad_token_ids, validate_text
 MOLECULE_INPUTS = GRAPH_ARRAYS  # ONNX input names of every molecule tower
 
 # Padded-token budget of one text run (rows x longest row). On CPU, bigger runs are slower per
-# text, not faster: 256 ChEBI-20 descriptions in requests of 32, 2 cores, measured 2026-11-26:
-# fp32 133 texts/s one at a time, 144 at 256-512 tokens, 129 at 1,024, 81 at 4,096; int8 269
-# alone, 266 at 512, 145 at 4,096. A GPU wants the opposite (large runs amortise launches).
+# text, not faster (benchmarks/text_chunk_budget.py, 2 cores, 2026-11-26): fp32 95.6 texts/s one
+# at a time, 109.7 at 512 tokens, 104.9 at 1,024, 75.6 at 4,096; int8 160.1, 186.7, 170.9,
+# 124.6. A GPU wants the opposite (large runs amortise launches).
 CPU_TEXT_CHUNK_TOKENS = 512
 GPU_TEXT_CHUNK_TOKENS = 8192
 

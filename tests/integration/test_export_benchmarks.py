@@ -94,3 +94,18 @@ def test_gpu_towers_kit_small(smoke_run: Path, tmp_path: Path) -> None:
     assert set(parity) == {"text", "molecule-dense", "molecule-packed", "molecule-pyg"}
     assert all(v["min"] >= 0.9999 for v in parity.values())
     assert report["parity_items"] == 9
+
+
+def test_text_chunk_budget_small(smoke_run: Path, smoke_bundle: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MOLRET_DATA": str(smoke_run.parent / "data")}
+    script = REPO / "benchmarks" / "text_chunk_budget.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--bundle", str(smoke_bundle), "--budgets", "1,512",
+         "--texts", "9", "--threads", "1"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rates = [
+        line.split(":")[1].split()[0] for line in result.stdout.splitlines() if "max_tokens" in line
+    ]
+    assert len(rates) == 2 and all(float(r) > 0 for r in rates), result.stdout
