@@ -34,12 +34,14 @@ class TextTower(nn.Module):
     def __init__(self, encoder: nn.Module, model: DualEncoder) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = model.text_head
-        self.projector = model.projector
+        self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.projector(self.head(states), attention_mask.bool(), "text")
+        mask = attention_mask.bool()
+        model = self.model
+        extra = model.text_extra(states, mask)
+        return model.projector(model.text_head(states), mask, "text", extra)
 
 
 class MoleculeTower(nn.Module):

@@ -69,6 +69,10 @@ class StageReport:
     name: str
     seconds: float
     status: str
+    # Resident memory when the stage ended and the process's peak so far (GiB): the job runs
+    # every stage in one process, so this is where a peak is attributed to a stage.
+    rss_gib: float | None = None
+    peak_rss_gib: float | None = None
 
 
 @dataclass
@@ -97,8 +101,9 @@ class Quickstart:
         started = time.perf_counter()
         yield info
         seconds = time.perf_counter() - started
-        self.stages.append(StageReport(name, seconds, info["status"]))
-        self.echo(f"   -> {info['status']} ({_duration(seconds)})")
+        rss, peak = resident_memory_gib()
+        self.stages.append(StageReport(name, seconds, info["status"], rss, peak))
+        self.echo(f"   -> {info['status']} ({_duration(seconds)}{_memory_note(rss, peak)})")
 
     @property
     def run_dir(self) -> Path:
@@ -358,7 +363,8 @@ class Quickstart:
         self.echo("\n== time per stage")
         width = max(len(s.name) for s in self.stages)
         for s in self.stages:
-            self.echo(f"   {s.name:<{width}}  {_duration(s.seconds):>9}")
+            memory = _memory_note(s.rss_gib, s.peak_rss_gib).lstrip(", ")
+            self.echo(f"   {s.name:<{width}}  {_duration(s.seconds):>9}  {memory}".rstrip())
         self.echo(f"   {'total':<{width}}  {_duration(total):>9}")
         self.echo(
             f"\nRe-running reuses {self.out}. Serve it yourself:\n"
@@ -366,6 +372,32 @@ class Quickstart:
             f"--text-index {self.text_index}\n"
             '   molret search --text "The molecule is ..."'
         )
+
+
+def resident_memory_gib() -> tuple[float | None, float | None]:
+    """(current RSS, peak RSS) of this process in GiB; None where the OS does not say."""
+    current = peak = None
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+    except (ImportError, OSError):
+        pass
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+        current = resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (OSError, ValueError, IndexError):
+        pass
+    return current, peak
+
+
+def _memory_note(rss: float | None, peak: float | None) -> str:
+    parts = []
+    if rss is not None:
+        parts.append(f"RSS {rss:.1f} GiB")
+    if peak is not None:
+        parts.append(f"peak {peak:.1f} GiB")
+    return ", " + ", ".join(parts) if parts else ""
 
 
 def _duration(seconds: float) -> str:

@@ -16,6 +16,8 @@ from torch import nn
 
 from molret.graphs import ATOM_FEATURE_SIZES, BOND_FEATURE_SIZES
 
+from .projector import segment_sums
+
 # Atom counts are divided by this before the fingerprint MLP: a typical ChEBI-20 molecule has
 # ~32 atoms, so the summed embedding keeps the scale of one atom's while still counting.
 COUNT_SCALE = 32.0
@@ -174,15 +176,7 @@ class FingerprintBranch(nn.Module):
 
     def forward_packed(self, atom_features: torch.Tensor, atom_counts: list[int]) -> torch.Tensor:
         """Back-to-back atoms [n_atoms_total, F] of molecules with `atom_counts` atoms."""
-        per_atom = self.embedding(atom_features)
-        molecule = torch.repeat_interleave(
-            torch.arange(len(atom_counts), device=per_atom.device),
-            torch.tensor(atom_counts, device=per_atom.device),
-        )
-        sums = per_atom.new_zeros(len(atom_counts), per_atom.shape[-1]).index_add_(
-            0, molecule, per_atom
-        )
-        return self.from_atom_sums(sums)
+        return self.from_atom_sums(segment_sums(self.embedding(atom_features), atom_counts))
 
     def from_atom_sums(self, sums: torch.Tensor) -> torch.Tensor:
         """Per-molecule sums of the atom embeddings [B, hidden] -> [B, out_dim], however they

@@ -83,6 +83,9 @@ class Objective(nn.Module):
             first = info_nce(t, m, self.log_temperature)
         terms = {"first_order": first}
         total = cfg.first_order_weight * first
+        if cfg.first_order == "triplet" and cfg.infonce_weight:
+            terms["infonce"] = info_nce(t, m, self.log_temperature)
+            total = total + cfg.infonce_weight * terms["infonce"]
         if cfg.intra_weight or cfg.cross_weight:
             second = second_order_losses(
                 t, m, cfg.second_order_mode, cfg.intra_temperature, cfg.cross_temperature

@@ -19,7 +19,7 @@ from molret.graphs import MolGraph
 
 from .config import ModelConfig
 from .graph_tower import FingerprintBranch, MoleculeTower
-from .projector import MemoryBankProjector, masked_mean
+from .projector import MemoryBankProjector, masked_mean, segment_sums
 
 
 @dataclass
@@ -114,6 +114,38 @@ class TextHead(nn.Module):
         return self.norm(self.proj(token_states))
 
 
+class SentenceBranch(nn.Module):
+    """The text encoder's own sentence embedding beside the token head.
+
+    all-MiniLM-L6-v2 was trained (sentence-transformers) so that the L2-normalised *mean* of
+    its token states is the sentence vector; the frozen-MiniLM yardstick uses exactly that.
+    The memory-bank attention sees only the per-token head's states, so this branch gives the
+    projector that pretrained summary directly: normalised mean -> MLP, added to the pooled
+    vector like the molecule tower's fingerprint branch. Inputs are the token states the head
+    already gets: no new bundle input.
+    """
+
+    def __init__(self, hidden: int, out_dim: int) -> None:
+        super().__init__()
+        # Unit norm times sqrt(hidden) gives components of about 1, the scale of the head's
+        # LayerNorm'd token states that the attention pools.
+        self.input_scale = float(np.sqrt(hidden))
+        self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+    def from_mean(self, mean: torch.Tensor) -> torch.Tensor:
+        return self.mlp(nn.functional.normalize(mean, dim=-1) * self.input_scale)
+
+    def forward(self, token_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Padded encoder states [B, L, hidden] with a bool mask [B, L] -> [B, out_dim]."""
+        return self.from_mean(masked_mean(token_states, mask))
+
+    def forward_packed(self, token_states: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """Back-to-back encoder states [sum(lengths), hidden] -> [len(lengths), out_dim]."""
+        sums = segment_sums(token_states, lengths)
+        counts = torch.tensor(lengths, dtype=sums.dtype, device=sums.device).clamp(min=1.0)
+        return self.from_mean(sums / counts.unsqueeze(-1))
+
+
 class DualEncoder(nn.Module):
     def __init__(
         self, config: ModelConfig, text_hidden: int, text_encoder: nn.Module | None = None
@@ -124,6 +156,9 @@ class DualEncoder(nn.Module):
         self.text_head = TextHead(text_hidden, config.embed_dim)
         self.molecule_tower = MoleculeTower(
             config.graph_hidden, config.embed_dim, config.graph_layers, config.dropout
+        )
+        self.sentence = (
+            SentenceBranch(text_hidden, config.embed_dim) if config.sentence_branch else None
         )
         self.fingerprint = (
             FingerprintBranch(config.graph_hidden, config.embed_dim)
@@ -143,7 +178,8 @@ class DualEncoder(nn.Module):
     def encode_text_states(self, token_states: torch.Tensor, mask: torch.Tensor) -> Encoded:
         """From encoder token states [B, L, hidden] and a bool mask [B, L]."""
         states = self.text_head(token_states)
-        return Encoded(self.projector(states, mask, "text"), masked_mean(states, mask))
+        extra = self.text_extra(token_states, mask)
+        return Encoded(self.projector(states, mask, "text", extra), masked_mean(states, mask))
 
     def encode_text_packed(self, token_states: torch.Tensor, lengths: list[int]) -> Encoded:
         """From back-to-back token states [sum(lengths), hidden]: the head skips the padding.
@@ -151,7 +187,18 @@ class DualEncoder(nn.Module):
         Equal to `encode_text_states` on the padded batch (the head is per token and the
         projector masks padding); only the cost differs."""
         states, mask = pad_packed(self.text_head(token_states), lengths)
-        return Encoded(self.projector(states, mask, "text"), masked_mean(states, mask))
+        extra = (
+            self.sentence.forward_packed(token_states, lengths)
+            if self.sentence is not None
+            else None
+        )
+        return Encoded(self.projector(states, mask, "text", extra), masked_mean(states, mask))
+
+    def text_extra(self, token_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """The sentence branch on padded encoder states (None when the config has none)."""
+        if self.sentence is None:
+            return None
+        return self.sentence(token_states, mask)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
         if self.text_encoder is None:

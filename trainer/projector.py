@@ -25,6 +25,14 @@ def masked_sum(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (states * mask.unsqueeze(-1).to(states.dtype)).sum(1)
 
 
+def segment_sums(values: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Sums of back-to-back segments: [sum(counts), d] -> [len(counts), d] (packed batches)."""
+    segment = torch.repeat_interleave(
+        torch.arange(len(counts), device=values.device), torch.tensor(counts, device=values.device)
+    )
+    return values.new_zeros(len(counts), values.shape[-1]).index_add_(0, segment, values)
+
+
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over valid positions: [B, L, d] with bool mask [B, L] -> [B, d]."""
     weights = mask.unsqueeze(-1).to(states.dtype)

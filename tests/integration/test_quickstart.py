@@ -52,6 +52,8 @@ def test_quickstart_runs_then_reuses(tiny_data: Path, shared_cache: Path, tmp_pa
     for stage in ("train", "export bundle", "molecule index", "text index", "time per stage"):
         assert stage in first
     assert "trained" in first and "exported" in first
+    table = first.split("== time per stage", 1)[1]
+    assert re.search(r"export bundle .* RSS \d+\.\d GiB, peak \d+\.\d GiB", table)
     assert (out / "bundle" / "manifest.json").is_file()
 
     similar = hit_rows(first, "molecule -> molecules: aspirin")
@@ -93,3 +95,15 @@ def test_missing_data_says_where_to_get_it(tmp_path: Path) -> None:
         assert "blender-nlp/MolT5" in out.stderr and "MOLRET_DATA" in out.stderr
         assert "Traceback" not in out.stderr
         assert not (tmp_path / "o").exists()
+
+
+def test_resident_memory_is_measured_and_grows_with_an_allocation() -> None:
+    from molret.quickstart import resident_memory_gib
+
+    rss, peak = resident_memory_gib()
+    assert rss is not None and peak is not None and 0 < rss <= peak + 0.01
+    block = b"\x01" * (300 * 2**20)  # written, so resident (calloc pages would not be)
+    grown, grown_peak = resident_memory_gib()
+    assert grown is not None and grown_peak is not None
+    assert grown - rss > 0.25 and grown_peak >= peak
+    del block

@@ -367,3 +367,30 @@ def test_critic_loss_does_not_reach_encoders_and_generator_does() -> None:
     generator_loss(critic, mol).backward()
     # -mean(w.x + b): gradient -w / B on every row.
     torch.testing.assert_close(mol.grad, -torch.tensor([[1.0, 0.0, 0.0]]).expand(4, 3) / 4)
+
+
+# --------------------------------------------------------------------------------------------
+# The objective's weighting
+
+
+@pytest.mark.parametrize("infonce_weight", [0.0, 0.5])
+def test_objective_adds_weighted_infonce_beside_triplet(infonce_weight: float) -> None:
+    from molret.trainer.config import Config, LossConfig
+    from molret.trainer.loop import Objective
+    from molret.trainer.model import Encoded
+
+    loss = LossConfig(
+        first_order="triplet", intra_weight=0.0, cross_weight=0.0, infonce_weight=infonce_weight
+    )
+    objective = Objective(Config(loss=loss))
+    text = unit_rows(6, 4, seed=36, dtype=torch.float32)
+    mol = unit_rows(6, 4, seed=37, dtype=torch.float32)
+    terms = objective(Encoded(text, text), Encoded(mol, mol), None)
+    expected = batch_hard_triplet(text, mol, loss.triplet_margin)
+    if infonce_weight:
+        nce = info_nce(text, mol, objective.log_temperature)
+        torch.testing.assert_close(terms["infonce"], nce)
+        expected = expected + infonce_weight * nce
+    else:
+        assert "infonce" not in terms
+    torch.testing.assert_close(terms["total"], expected)
