@@ -123,7 +123,7 @@ def torch_backend(run: Path, threads: int) -> dict[str, Callable[[Sequence[str]]
         return model.encode_text(ids, torch.from_numpy(tokens.attention_mask)).embedding
 
     def molecule(smiles: Sequence[str]) -> Any:
-        graphs, _ = featurize_many(smiles)
+        graphs, _ = featurize_many(smiles, keys=model.config.maccs_keys)
         return pyg(pyg.batch([g for g in graphs if g is not None]))
 
     return {"text": text, "molecule": molecule}
@@ -277,7 +277,9 @@ def per_s(count: int, seconds: float) -> float | None:
     return round(count / seconds, 1) if seconds > 0 else None
 
 
-def floor_rates(smiles: list[str], buckets: list[tuple[int, int]]) -> dict[str, Any]:
+def floor_rates(
+    smiles: list[str], buckets: list[tuple[int, int]], keys: bool = False
+) -> dict[str, Any]:
     """One-process rates of RDKit parsing, featurization and a build worker's whole job."""
     from rdkit import Chem, rdBase
 
@@ -290,10 +292,10 @@ def floor_rates(smiles: list[str], buckets: list[tuple[int, int]]) -> dict[str, 
             Chem.MolFromSmiles(text)
         out["rdkit_parse_per_s"] = per_s(len(smiles), time.perf_counter() - started)
     started = time.perf_counter()
-    featurize_many(smiles, buckets=buckets)
+    featurize_many(smiles, buckets=buckets, keys=keys)
     out["featurize_per_s"] = per_s(len(smiles), time.perf_counter() - started)
     started = time.perf_counter()
-    index_build.featurize_shard(smiles, buckets)
+    index_build.featurize_shard(smiles, buckets, keys)
     out["build_worker_per_s"] = per_s(len(smiles), time.perf_counter() - started)
     return out
 
@@ -304,19 +306,24 @@ def naive_pipeline(
     buckets: list[tuple[int, int]],
     dim: int,
     workdir: Path,
+    keys: bool = False,
 ) -> dict[str, Any]:
     """One process, no pipelining, batches of 256: the build worker's per-molecule job
     (``featurize_shard``: graph, canonical SMILES, InChIKey) -> ``embed`` -> ``IndexStore.add``
     (dedupe by InChIKey, HNSW f16) -> save. Only the tower's backend differs between callers."""
     store = index_store.IndexStore.create(workdir, "molecule", dim, "naive", dtype="f16")
     try:
-        warm = [row.graph for row in index_build.featurize_shard(smiles[:8], buckets) if row.graph]
+        warm = [
+            row.graph for row in index_build.featurize_shard(smiles[:8], buckets, keys) if row.graph
+        ]
         embed(warm)  # warm-up (sessions, allocator)
         added = 0
         started = time.perf_counter()
         for lo in range(0, len(smiles), 256):
             rows = [
-                r for r in index_build.featurize_shard(smiles[lo : lo + 256], buckets) if r.graph
+                r
+                for r in index_build.featurize_shard(smiles[lo : lo + 256], buckets, keys)
+                if r.graph
             ]
             vectors = embed([r.graph for r in rows])
             records = [
@@ -410,7 +417,8 @@ def library_section(args: argparse.Namespace) -> dict[str, Any]:
             if len(sample) >= max(args.sample, args.torch_sample):
                 break
             sample.append(record.smiles)
-        out["floor"] = floor_rates(sample[: args.sample], list(bundle.buckets))
+        keys = bundle.takes_molecule_keys
+        out["floor"] = floor_rates(sample[: args.sample], list(bundle.buckets), keys)
         print(f"floor (1 process): {out['floor']}", flush=True)
 
         torch_sample = sample[: args.torch_sample]
@@ -419,7 +427,12 @@ def library_section(args: argparse.Namespace) -> dict[str, Any]:
         buckets = list(bundle.buckets)
         naive: dict[str, dict[str, Any]] = {}
         naive["ort-inline"] = naive_pipeline(
-            torch_sample, embedder.embed_graphs, buckets, bundle.embedding_dim, workdir / "n-ort"
+            torch_sample,
+            embedder.embed_graphs,
+            buckets,
+            bundle.embedding_dim,
+            workdir / "n-ort",
+            keys,
         )
         if args.run is None:
             naive["pytorch-eager"] = {"skipped": "no --run (the PyTorch weights) given"}
@@ -430,7 +443,12 @@ def library_section(args: argparse.Namespace) -> dict[str, Any]:
                 naive["pytorch-eager"] = {"skipped": f"torch / torch-geometric missing ({exc})"}
             else:
                 naive["pytorch-eager"] = naive_pipeline(
-                    torch_sample, torch_embed, buckets, bundle.embedding_dim, workdir / "n-torch"
+                    torch_sample,
+                    torch_embed,
+                    buckets,
+                    bundle.embedding_dim,
+                    workdir / "n-torch",
+                    keys,
                 )
         for entry in naive.values():
             if entry.get("per_s"):

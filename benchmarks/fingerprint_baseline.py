@@ -44,7 +44,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +334,21 @@ class BaselineResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+FEATURE_SETS = ("morgan+maccs", "morgan", "maccs")
+
+
+def only_feature_set(data: Prepared, feature_set: str) -> Prepared:
+    """The same pairs with the other fingerprint's columns zeroed (for the ablation)."""
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"feature set must be one of {FEATURE_SETS}, got {feature_set!r}")
+    mol_feats = data.mol_feats.copy()
+    if feature_set == "morgan":
+        mol_feats[:, MORGAN_BITS:] = 0.0
+    elif feature_set == "maccs":
+        mol_feats[:, :MORGAN_BITS] = 0.0
+    return replace(data, mol_feats=mol_feats)
+
+
 def prepare(data_dir: str | os.PathLike[str] | None, cache_dir: Path | None) -> Prepared:
     started = time.perf_counter()
     files = chebi20_split(data_dir)
@@ -474,13 +489,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch log")
+    parser.add_argument(
+        "--molecule-features",
+        choices=FEATURE_SETS,
+        default="morgan+maccs",
+        help="ablation: zero the Morgan or the MACCS columns (the yardstick uses both)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     data_dir = resolve_data_dir(args.data if args.data is not None else default_data_dir())
     cache_dir = default_cache_dir()
     started = time.perf_counter()
-    data = prepare(data_dir, cache_dir)
+    data = only_feature_set(prepare(data_dir, cache_dir), args.molecule_features)
     print(
         f"features: {data.n_pool} pairs ({len(data.train_pairs)} train, "
         f"{len(data.val_pairs)} validation) in {data.seconds:.1f} s",
@@ -516,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("* diagnostic only: ties broken in the query's favour (not the project's metric)")
     print("chosen epochs: " + ", ".join(f"{r['mode']} {r['chosen_epoch']}" for r in results))
     print(
-        f"settings: dim {args.dim}, molecule head "
+        f"settings: molecule features {args.molecule_features}, dim {args.dim}, molecule head "
         + (f"MLP 2215-{args.mol_hidden}-{args.dim}" if args.mol_hidden else "linear")
         + f", lr {args.lr}, batch {args.batch_size}, epochs {args.epochs}, seed {args.seed}"
     )

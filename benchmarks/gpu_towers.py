@@ -68,7 +68,9 @@ def prepare(run: Path, data: Path, out: Path, n: int) -> dict[str, Any]:
     model = load_run(run, with_text_encoder=True)
     encoder_dir = resolve_text_encoder(model.config.text_encoder)
     pairs = read_pairs(data / "validation.txt")
-    graphs, _ = featurize_many([p.smiles for p in pairs], DEFAULT_BUCKETS)  # as the engine
+    graphs, _ = featurize_many(  # as the engine
+        [p.smiles for p in pairs], DEFAULT_BUCKETS, keys=model.config.maccs_keys
+    )
     kept = [(p, g) for p, g in zip(pairs, graphs, strict=True) if g is not None][:n]
     tokens = encode(load_tokenizer(encoder_dir, model.config.text_max_length),
                     [p.description for p, _ in kept])  # fmt: skip
@@ -103,6 +105,7 @@ def prepare(run: Path, data: Path, out: Path, n: int) -> dict[str, Any]:
         edge_index=np.concatenate([x.edge_index for x in g], axis=1).astype(np.int32),
         n_atoms=np.array([x.n_atoms for x in g], dtype=np.int32),
         n_edges=np.array([x.n_edges for x in g], dtype=np.int32),
+        **({"keys": np.stack([x.keys for x in g])} if model.config.maccs_keys else {}),
     )
     info = {
         "format": KIT_FORMAT, "run": str(run), "data": str(data / "validation.txt"),
@@ -146,9 +149,10 @@ def load_kit(kit: Path) -> tuple[DualEncoder, list[MolGraph], np.ndarray, np.nda
             atom_features=arrays["atom_features"][a - na : a].astype(np.int64),
             bond_features=arrays["bond_features"][e - ne : e].astype(np.int64),
             edge_index=arrays["edge_index"][:, e - ne : e].astype(np.int64),
+            keys=arrays["keys"][i] if "keys" in arrays else None,
         )
-        for a, na, e, ne in zip(
-            atom_end, arrays["n_atoms"], edge_end, arrays["n_edges"], strict=True
+        for i, (a, na, e, ne) in enumerate(
+            zip(atom_end, arrays["n_atoms"], edge_end, arrays["n_edges"], strict=True)
         )  # fmt: skip
     ]
     return model.eval(), graphs, arrays["input_ids"], arrays["attention_mask"]
@@ -199,6 +203,8 @@ def molecule_fn(
                 packed = PackedGraphs.from_graphs(graphs)
                 for name in ("atom_features", "bond_features", "edge_src", "edge_dst"):
                     setattr(packed, name, getattr(packed, name).to(device))
+                if packed.molecule_keys is not None:
+                    packed.molecule_keys = packed.molecule_keys.to(device)
                 return model.encode_molecule(packed).embedding.float().cpu().numpy()
             if form == "pyg":
                 assert pyg is not None
@@ -207,7 +213,8 @@ def molecule_fn(
             for bucket, members in group_by_bucket(graphs, DEFAULT_BUCKETS).items():
                 batch = GraphTensors.from_batch(pad_graphs([graphs[i] for i in members], *bucket))
                 args = [t.to(device) for t in batch.as_args()]
-                emb = model.encode_molecule(GraphTensors(*args)).embedding
+                keys = None if batch.molecule_keys is None else batch.molecule_keys.to(device)
+                emb = model.encode_molecule(GraphTensors(*args, molecule_keys=keys)).embedding
                 out[members] = emb.float().cpu().numpy()
             return out
 

@@ -520,7 +520,8 @@ def naive_baseline(
         encoder = PygMoleculeEncoder(model).eval()
 
         def embed(query: str) -> np.ndarray:
-            return encoder(PygMoleculeEncoder.batch([featurize(query)]))[0].numpy()
+            graph = featurize(query, keys=model.config.maccs_keys)
+            return encoder(PygMoleculeEncoder.batch([graph]))[0].numpy()
 
         items = queries.smiles
 

@@ -78,14 +78,15 @@ class FeaturizedRow:
 
 
 def featurize_shard(
-    smiles: Sequence[str], buckets: Sequence[tuple[int, int]]
+    smiles: Sequence[str], buckets: Sequence[tuple[int, int]], keys: bool = False
 ) -> list[FeaturizedRow]:
-    """Featurize one shard (runs in a worker process or Ray task; no ONNX here)."""
+    """Featurize one shard (runs in a worker process or Ray task; no ONNX here); ``keys``:
+    also MACCS keys, for a bundle whose molecule tower takes them."""
     from rdkit import Chem, rdBase
 
     from molret.featurize import featurize_many_with_mols
 
-    graphs, mols, errors = featurize_many_with_mols(smiles, buckets=buckets)
+    graphs, mols, errors = featurize_many_with_mols(smiles, buckets=buckets, keys=keys)
     reasons = {error.index: error.reason for error in errors}
     rows: list[FeaturizedRow] = []
     with rdBase.BlockLogs():
@@ -113,8 +114,8 @@ def _canonical_smiles(smiles: str) -> str | None:
 
 
 class _InlineExecutor:
-    def submit(self, smiles: list[str], buckets: list[tuple[int, int]]) -> Any:
-        return featurize_shard(smiles, buckets)
+    def submit(self, smiles: list[str], buckets: list[tuple[int, int]], keys: bool) -> Any:
+        return featurize_shard(smiles, buckets, keys)
 
     def result(self, handle: Any) -> list[FeaturizedRow]:
         return handle
@@ -129,8 +130,8 @@ class _PoolExecutor:
         context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         self._pool = context.Pool(workers)
 
-    def submit(self, smiles: list[str], buckets: list[tuple[int, int]]) -> Any:
-        return self._pool.apply_async(featurize_shard, (smiles, buckets))
+    def submit(self, smiles: list[str], buckets: list[tuple[int, int]], keys: bool) -> Any:
+        return self._pool.apply_async(featurize_shard, (smiles, buckets, keys))
 
     def result(self, handle: Any) -> list[FeaturizedRow]:
         return handle.get()
@@ -153,8 +154,8 @@ class _RayExecutor:
             ray.init(address=address)
         self._task = ray.remote(featurize_shard)
 
-    def submit(self, smiles: list[str], buckets: list[tuple[int, int]]) -> Any:
-        return self._task.remote(smiles, buckets)
+    def submit(self, smiles: list[str], buckets: list[tuple[int, int]], keys: bool) -> Any:
+        return self._task.remote(smiles, buckets, keys)
 
     def result(self, handle: Any) -> list[FeaturizedRow]:
         return self._ray.get(handle)
@@ -387,7 +388,14 @@ def build_index(
             for shard in shards:
                 builder.commit_texts(shard)
         else:
-            _pipeline(shards, executor, list(bundle.buckets), max(2, 2 * workers), builder)
+            _pipeline(
+                shards,
+                executor,
+                list(bundle.buckets),
+                bundle.takes_molecule_keys,
+                max(2, 2 * workers),
+                builder,
+            )
         state["complete"] = bool(
             state.get("complete") or remaining is None or builder.rows_this_run < remaining
         )
@@ -431,13 +439,14 @@ def _pipeline(
     shards: Iterator[list[LibraryRecord]],
     executor: Any,
     buckets: list[tuple[int, int]],
+    keys: bool,
     depth: int,
     builder: _ShardWriter,
 ) -> None:
     """Featurize up to ``depth`` shards ahead while the parent embeds and stores in order."""
     pending: deque[tuple[list[LibraryRecord], Any]] = deque()
     for shard in shards:
-        pending.append((shard, executor.submit([r.smiles for r in shard], buckets)))
+        pending.append((shard, executor.submit([r.smiles for r in shard], buckets, keys)))
         if len(pending) >= depth:
             done, handle = pending.popleft()
             builder.commit_molecules(done, executor.result(handle))

@@ -18,11 +18,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from molret.bundle import Bundle, bucket_name
-from molret.featurize import GRAPH_ARRAYS, MolGraph, featurize_many, pad_graphs
+from molret.featurize import (
+    GRAPH_ARRAYS,
+    MOLECULE_KEYS,
+    GraphBatch,
+    MolGraph,
+    featurize_many,
+    pad_graphs,
+)
 from molret.graphs import group_by_bucket
 from molret.text import load_tokenizer, pad_token_ids, validate_text
 
-MOLECULE_INPUTS = GRAPH_ARRAYS  # ONNX input names of every molecule tower
+MOLECULE_INPUTS = GRAPH_ARRAYS  # ONNX input names of a molecule tower without MACCS keys
+
+
+def molecule_feeds(batch: GraphBatch, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """ONNX feeds of a padded batch for a tower with these input names."""
+    if MOLECULE_KEYS in names and batch.molecule_keys is None:
+        raise ValueError("this bundle's molecule tower takes MACCS keys: featurize with keys=True")
+    return {name: getattr(batch, name) for name in names}
+
 
 # Padded-token budget of one text run (rows x longest row). On CPU, bigger runs are slower per
 # text, not faster (benchmarks/text_chunk_budget.py, 2 cores, 2026-11-26): fp32 95.6 texts/s one
@@ -138,6 +153,8 @@ class BundleEmbedder:
             max_tokens = GPU_TEXT_CHUNK_TOKENS if on_gpu else CPU_TEXT_CHUNK_TOKENS
         self.max_tokens = max_tokens
         self.buckets = bundle.buckets
+        self.molecule_inputs = bundle.molecule_inputs
+        self.takes_keys = bundle.takes_molecule_keys  # featurize with keys=True
         self.tokenizer = load_tokenizer(bundle.tokenizer_path, max_length=bundle.text_max_length)
         text_options = _session_options(threads, spinning_allowed("text"))
         molecule_options = _session_options(threads, spinning_allowed("molecule"))
@@ -220,14 +237,15 @@ class BundleEmbedder:
             for lo in range(0, len(positions), self.max_batch):
                 rows = positions[lo : lo + self.max_batch]
                 batch = pad_graphs([graphs[r] for r in rows], *bucket)
-                feeds = {name: getattr(batch, name) for name in MOLECULE_INPUTS}
-                (out,) = session.run(None, feeds)
+                (out,) = session.run(None, molecule_feeds(batch, self.molecule_inputs))
                 vectors[rows] = np.asarray(out, dtype=np.float32)
         return vectors
 
     def embed_smiles(self, smiles: Sequence[str]) -> EmbedResult:
         start = time.perf_counter_ns()
-        graphs, featurize_errors = featurize_many(smiles, buckets=self.buckets)
+        graphs, featurize_errors = featurize_many(
+            smiles, buckets=self.buckets, keys=self.takes_keys
+        )
         errors = [ItemError(e.index, e.smiles, e.reason) for e in featurize_errors]
         keep = [i for i, g in enumerate(graphs) if g is not None]
         prepared = time.perf_counter_ns()

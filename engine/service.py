@@ -38,7 +38,7 @@ from molret.engine.batching import BatcherClosed, BatchStats, MicroBatcher
 from molret.engine.index_store import IndexStore, IndexStoreError, NewRecord
 from molret.engine.proto import retrieval_pb2 as pb
 from molret.engine.proto import retrieval_pb2_grpc as pb_grpc
-from molret.engine.runtime import MOLECULE_INPUTS, BundleEmbedder
+from molret.engine.runtime import BundleEmbedder, molecule_feeds
 from molret.featurize import MolGraph, featurize, featurize_many, pad_graphs
 from molret.text import pad_token_ids, validate_text
 
@@ -244,10 +244,10 @@ def warm_up(embedder: BundleEmbedder) -> None:
     ids = embedder.tokenizer.encode("warm-up text for the molecule retrieval service").ids
     tokens = pad_token_ids([ids, ids[:2]])
     embedder.embed_token_ids(tokens.input_ids, tokens.attention_mask)
-    graph = featurize("CCO")
+    graph = featurize("CCO", keys=embedder.takes_keys)
     for bucket, session in embedder.molecule_sessions.items():
         batch = pad_graphs([graph, graph], *bucket)
-        session.run(None, {name: getattr(batch, name) for name in MOLECULE_INPUTS})
+        session.run(None, molecule_feeds(batch, embedder.molecule_inputs))
 
 
 def open_index(path: str | Path, kind: str, bundle: Bundle) -> IndexStore:
@@ -592,7 +592,11 @@ class RetrievalService(pb_grpc.RetrievalServicer):
             rows = await self._before_deadline(
                 context,
                 self._run_pool(
-                    self.molecule_pool, featurize_shard, list(items), models.embedder.buckets
+                    self.molecule_pool,
+                    featurize_shard,
+                    list(items),
+                    models.embedder.buckets,
+                    models.embedder.takes_keys,
                 ),
             )
             errors = [
@@ -608,7 +612,11 @@ class RetrievalService(pb_grpc.RetrievalServicer):
             graphs, failures = await self._before_deadline(
                 context,
                 self._run_pool(
-                    self.molecule_pool, featurize_many, list(items), models.embedder.buckets
+                    self.molecule_pool,
+                    featurize_many,
+                    list(items),
+                    models.embedder.buckets,
+                    models.embedder.takes_keys,
                 ),
             )
             errors = [_item_error(f.index, f.smiles, f.reason) for f in failures]

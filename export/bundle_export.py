@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from molret.bundle import PRECISIONS, bucket_name, load_bundle, write_manifest
-from molret.featurize import DEFAULT_BUCKETS, FEATURE_VOCAB_VERSION, GRAPH_ARRAYS
+from molret.featurize import DEFAULT_BUCKETS, FEATURE_VOCAB_VERSION
+from molret.graphs import molecule_inputs
 from molret.text import tokenizer_file
 
 from .onnx_export import export_molecule_tower, export_text_tower
@@ -158,7 +159,7 @@ def _manifest(
             "buckets": [list(b) for b in buckets],
             "feature_vocab_version": FEATURE_VOCAB_VERSION,
             "oversize_policy": "error",
-            "inputs": list(GRAPH_ARRAYS),
+            "inputs": list(molecule_inputs(config.maccs_keys)),
         },
         "source": {
             "run_dir": str(run_dir.resolve()),

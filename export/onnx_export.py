@@ -19,12 +19,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from molret.graphs import ATOM_FEATURE_SIZES, BOND_FEATURE_SIZES, GRAPH_ARRAYS
+from molret.graphs import (
+    ATOM_FEATURE_SIZES,
+    BOND_FEATURE_SIZES,
+    GRAPH_ARRAYS,
+    N_MOLECULE_KEYS,
+    molecule_inputs,
+)
 from molret.trainer.model import DualEncoder
 
 OPSET = 17
 TEXT_INPUTS = ("input_ids", "attention_mask")
-MOLECULE_INPUTS = GRAPH_ARRAYS
+MOLECULE_INPUTS = GRAPH_ARRAYS  # plus MOLECULE_KEYS for a model with `model.maccs_keys`
 OUTPUT = "embedding"
 
 
@@ -59,12 +65,13 @@ class MoleculeTower(nn.Module):
         edge_dst: torch.Tensor,
         atom_mask: torch.Tensor,
         edge_mask: torch.Tensor,
+        molecule_keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
         model = self.model
         states = model.molecule_tower(
             atom_features, bond_features, edge_src, edge_dst, atom_mask, edge_mask
         )
-        extra = model.molecule_extra(atom_features, atom_mask)
+        extra = model.molecule_extra(atom_features, atom_mask, molecule_keys)
         return model.projector(states, atom_mask, "molecule", extra)
 
 
@@ -142,6 +149,13 @@ def export_text_tower(encoder: nn.Module, model: DualEncoder, path: Path) -> Non
 
 def export_molecule_tower(model: DualEncoder, bucket: tuple[int, int], path: Path) -> None:
     """One bucket: node and edge axes fixed at (max_nodes, max_edges), batch dynamic."""
-    axes = {name: {0: "batch"} for name in (*MOLECULE_INPUTS, OUTPUT)}
-    _export(MoleculeTower(model), example_graph_inputs(*bucket), path, MOLECULE_INPUTS, axes)
+    with_keys = model.config.maccs_keys
+    names = molecule_inputs(with_keys)
+    args = example_graph_inputs(*bucket)
+    if with_keys:
+        keys = torch.zeros(args[0].shape[0], N_MOLECULE_KEYS)
+        keys[:, 1::7] = 1.0
+        args = (*args, keys)
+    axes = {name: {0: "batch"} for name in (*names, OUTPUT)}
+    _export(MoleculeTower(model), args, path, names, axes)
     _declare_output_width(path, model.config.embed_dim)

@@ -80,7 +80,7 @@ def check_parity(
     model: Any, bundle: Bundle, texts: Sequence[str], smiles: Sequence[str]
 ) -> ParityReport:
     """Per-item cosine between ORT (the bundle) and PyTorch (the run) embeddings."""
-    graphs, _ = featurize_many(smiles, buckets=bundle.buckets)
+    graphs, _ = featurize_many(smiles, buckets=bundle.buckets, keys=bundle.takes_molecule_keys)
     kept = [g for g in graphs if g is not None]
     ref_text, ref_mol = reference_embeddings(model, texts, kept)
     embedder = BundleEmbedder(bundle)

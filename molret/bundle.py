@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from molret.featurize import FEATURE_VOCAB_VERSION
+from molret.graphs import GRAPH_ARRAYS, MOLECULE_KEYS, molecule_inputs
 
 BUNDLE_FORMAT = "molret-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -81,6 +82,16 @@ class Bundle:
     @property
     def buckets(self) -> list[tuple[int, int]]:
         return [(int(n), int(e)) for n, e in self.manifest["molecule"]["buckets"]]
+
+    @property
+    def molecule_inputs(self) -> tuple[str, ...]:
+        """The molecule towers' ONNX input names (bundles before the field: the graph arrays)."""
+        return tuple(self.manifest["molecule"].get("inputs") or GRAPH_ARRAYS)
+
+    @property
+    def takes_molecule_keys(self) -> bool:
+        """The molecule tower wants MACCS keys: featurize with ``keys=True``."""
+        return MOLECULE_KEYS in self.molecule_inputs
 
     def molecule_onnx(self, bucket: tuple[int, int]) -> Path:
         return self.root / self.manifest["molecule"]["onnx"][bucket_name(*bucket)]
@@ -178,6 +189,13 @@ def load_bundle(root: str | os.PathLike[str], verify: bool = True) -> Bundle:
         )
     if manifest["precision"] not in PRECISIONS:
         raise BundleError(f"bundle {root_path}: unknown precision {manifest['precision']!r}")
+    inputs = manifest["molecule"].get("inputs")
+    known = (list(molecule_inputs(False)), list(molecule_inputs(True)))
+    if inputs is not None and list(inputs) not in known:
+        raise BundleError(
+            f"bundle {root_path}: molecule inputs {inputs} are not ones this molret can feed "
+            f"({' or '.join(str(k) for k in known)})"
+        )
     bundle = Bundle(root=root_path, manifest=manifest)
     _check_files(bundle, verify)
     return bundle

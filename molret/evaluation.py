@@ -24,6 +24,7 @@ class Embedder(Protocol):
     """What evaluation needs from a model: float32 [n, d] rows, L2-normalised."""
 
     buckets: Sequence[tuple[int, int]] | None
+    takes_keys: bool  # the molecule tower wants MACCS keys (featurize with keys=True)
 
     def embed_text_list(self, texts: Sequence[str]) -> np.ndarray: ...
 
@@ -80,7 +81,9 @@ def evaluate(
     with a warning, and so is a query whose own molecule was left out: its rank is undefined.
     """
     pool, pool_texts = build_pools(pairs, candidates)
-    graphs, errors = featurize_many([c.smiles for c in pool], buckets=embedder.buckets)
+    graphs, errors = featurize_many(
+        [c.smiles for c in pool], buckets=embedder.buckets, keys=embedder.takes_keys
+    )
     for err in errors:
         log.warning("candidate %s left out: %s", pool[err.index].cid, err.reason)
     ok = [i for i, g in enumerate(graphs) if g is not None]

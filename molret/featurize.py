@@ -46,8 +46,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from rdkit import Chem, rdBase
-from rdkit.Chem import rdchem, rdFingerprintGenerator
+from rdkit import Chem, DataStructs, rdBase
+from rdkit.Chem import MACCSkeys, rdchem, rdFingerprintGenerator
 
 from molret.graphs import (
     ATOM_FEATURE_NAMES,
@@ -68,8 +68,10 @@ from molret.graphs import (
     MAX_DEGREE,
     MAX_NUM_HS,
     MAX_RADICALS,
+    MOLECULE_KEYS,
     N_ATOM_FEATURES,
     N_BOND_FEATURES,
+    N_MOLECULE_KEYS,
     GraphBatch,
     MolGraph,
     choose_bucket,
@@ -84,9 +86,9 @@ from molret.graphs import (
 __all__ = [
     "ATOM_FEATURE_NAMES", "ATOM_FEATURE_SIZES", "BOND_FEATURE_NAMES", "BOND_FEATURE_SIZES",
     "DEFAULT_BUCKETS", "ENVIRONMENT_BUCKETS", "ENVIRONMENT_RADII", "FEATURE_VOCAB_VERSION",
-    "GRAPH_ARRAYS", "FeaturizeError", "FeaturizeFailure", "GraphBatch", "MolGraph",
+    "GRAPH_ARRAYS", "MOLECULE_KEYS", "N_MOLECULE_KEYS", "FeaturizeError", "FeaturizeFailure", "GraphBatch", "MolGraph",
     "choose_bucket", "featurize", "featurize_batch", "featurize_many", "featurize_many_with_mols",
-    "pad_graphs", "smallest_fitting_shape",
+    "molecule_keys", "pad_graphs", "smallest_fitting_shape",
 ]  # fmt: skip
 
 
@@ -216,7 +218,7 @@ def _parse(smiles: str) -> Chem.Mol:
     return mol
 
 
-def _graph_from_mol(mol: Chem.Mol) -> MolGraph:
+def _graph_from_mol(mol: Chem.Mol, keys: bool = False) -> MolGraph:
     """Encode atoms and bonds as int rows, then one ``np.array`` call per table.
 
     This loop is the featurizer's whole cost above RDKit's parse, so it is written for CPython:
@@ -259,7 +261,21 @@ def _graph_from_mol(mol: Chem.Mol) -> MolGraph:
     bond_features = np.array(bond_rows, dtype=np.int64).reshape(-1, N_BOND_FEATURES).repeat(2, 0)
     pairs = np.array(ends, dtype=np.int64).reshape(-1, 2)
     edge_index = np.ascontiguousarray(np.stack((pairs, pairs[:, ::-1]), axis=1).reshape(-1, 2).T)
-    return MolGraph(atom_features=atom_features, bond_features=bond_features, edge_index=edge_index)
+    return MolGraph(
+        atom_features=atom_features,
+        bond_features=bond_features,
+        edge_index=edge_index,
+        keys=molecule_keys(mol) if keys else None,
+    )
+
+
+def molecule_keys(mol: Chem.Mol) -> np.ndarray:
+    """uint8 [N_MOLECULE_KEYS]: RDKit's MACCS keys (166 curated substructure and count
+    patterns). The Morgan/MACCS yardstick gains 3.8 Hits@10 from them over Morgan counts
+    alone, patterns (ring sizes, heteroatom counts) a few message-passing layers see poorly."""
+    keys = np.zeros(N_MOLECULE_KEYS, dtype=np.uint8)
+    DataStructs.ConvertToNumpyArray(MACCSkeys.GenMACCSKeys(mol), keys)
+    return keys
 
 
 def _environment_ids(mol: Chem.Mol) -> np.ndarray:
@@ -280,26 +296,28 @@ def _environment_ids(mol: Chem.Mol) -> np.ndarray:
 # Public API
 
 
-def featurize(smiles: str) -> MolGraph:
-    """Featurize one SMILES; raises :class:`FeaturizeFailure` with a precise reason."""
+def featurize(smiles: str, keys: bool = False) -> MolGraph:
+    """Featurize one SMILES; raises :class:`FeaturizeFailure` with a precise reason.
+
+    ``keys``: also the MACCS keys, for a model built with ``model.maccs_keys``."""
     with rdBase.BlockLogs():  # bad input is reported via our errors, not stderr
-        return _graph_from_mol(_parse(smiles))
+        return _graph_from_mol(_parse(smiles), keys)
 
 
 def featurize_many(
-    smiles: Sequence[str], buckets: Sequence[tuple[int, int]] | None = None
+    smiles: Sequence[str], buckets: Sequence[tuple[int, int]] | None = None, keys: bool = False
 ) -> tuple[list[MolGraph | None], list[FeaturizeError]]:
     """Featurize a list; bad items become ``None`` plus a :class:`FeaturizeError`, never raise.
 
     With ``buckets``, a molecule that fits none of them is also an error, so a server can
     reject it up front with the reason instead of failing at padding time.
     """
-    graphs, _, errors = featurize_many_with_mols(smiles, buckets)
+    graphs, _, errors = featurize_many_with_mols(smiles, buckets, keys)
     return graphs, errors
 
 
 def featurize_many_with_mols(
-    smiles: Sequence[str], buckets: Sequence[tuple[int, int]] | None = None
+    smiles: Sequence[str], buckets: Sequence[tuple[int, int]] | None = None, keys: bool = False
 ) -> tuple[list[MolGraph | None], list[Chem.Mol | None], list[FeaturizeError]]:
     """:func:`featurize_many` plus the parsed RDKit molecules (``None`` where it failed), for
     callers that also need canonical SMILES or InChIKeys without parsing every SMILES again."""
@@ -311,7 +329,7 @@ def featurize_many_with_mols(
             mol: Chem.Mol | None = None
             try:
                 mol = _parse(item)
-                graph: MolGraph | None = _graph_from_mol(mol)
+                graph: MolGraph | None = _graph_from_mol(mol, keys)
             except FeaturizeFailure as exc:
                 graph = mol = None
                 errors.append(FeaturizeError(index, _as_text(item), exc.reason))
@@ -330,14 +348,14 @@ def _as_text(item: object) -> str:
 
 
 def featurize_batch(
-    smiles: Sequence[str], max_nodes: int, max_edges: int
+    smiles: Sequence[str], max_nodes: int, max_edges: int, keys: bool = False
 ) -> tuple[GraphBatch, list[int], list[FeaturizeError]]:
     """Featurize and pad to one shape; returns the batch, input indices of its rows, errors.
 
     Rows keep input order; unparsable, empty and too-large items are skipped and reported, so a
     single bad item never sinks a request.
     """
-    graphs, errors = featurize_many(smiles)
+    graphs, errors = featurize_many(smiles, keys=keys)
     kept: list[MolGraph] = []
     indices: list[int] = []
     for index, graph in enumerate(graphs):

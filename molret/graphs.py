@@ -102,6 +102,9 @@ class MolGraph:
     atom_features: np.ndarray  # int64 [n_atoms, len(ATOM_FEATURE_SIZES)]
     bond_features: np.ndarray  # int64 [n_edges, len(BOND_FEATURE_SIZES)]
     edge_index: np.ndarray  # int64 [2, n_edges]; row 0 source, row 1 destination
+    # uint8 [N_MOLECULE_KEYS] MACCS keys, only where the model takes them (they cost more
+    # than the rest of featurization); None otherwise.
+    keys: np.ndarray | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -116,6 +119,14 @@ class MolGraph:
 GRAPH_ARRAYS: tuple[str, ...] = (
     "atom_features", "bond_features", "edge_src", "edge_dst", "atom_mask", "edge_mask",
 )  # fmt: skip
+# The optional last input of a molecule tower built with `model.maccs_keys`: float32 [B, 167].
+MOLECULE_KEYS = "molecule_keys"
+N_MOLECULE_KEYS = 167  # RDKit's MACCS keys (bit 0 is unused, kept so bit i is key i)
+
+
+def molecule_inputs(with_keys: bool) -> tuple[str, ...]:
+    """The ONNX input names of a molecule tower, in order."""
+    return (*GRAPH_ARRAYS, MOLECULE_KEYS) if with_keys else GRAPH_ARRAYS
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,6 +139,7 @@ class GraphBatch:
     edge_dst: np.ndarray  # int64 [B, max_edges]; padding edges point at node 0
     atom_mask: np.ndarray  # bool [B, max_nodes]
     edge_mask: np.ndarray  # bool [B, max_edges]
+    molecule_keys: np.ndarray | None = None  # float32 [B, N_MOLECULE_KEYS] when graphs have keys
 
     @property
     def batch_size(self) -> int:
@@ -239,7 +251,22 @@ def pad_graphs(graphs: Sequence[MolGraph], max_nodes: int, max_edges: int) -> Gr
         edge_dst=edge_dst,
         atom_mask=atom_mask,
         edge_mask=edge_mask,
+        molecule_keys=stack_keys(graphs),
     )
+
+
+def stack_keys(graphs: Sequence[MolGraph]) -> np.ndarray | None:
+    """float32 [B, N_MOLECULE_KEYS] of graphs that all carry keys; None when none does.
+
+    A mix is a caller's bug (featurized with and without keys), so it raises instead of
+    silently feeding zeros for the missing ones."""
+    with_keys = [g.keys is not None for g in graphs]
+    if not graphs or not any(with_keys):
+        return None
+    if not all(with_keys):
+        missing = with_keys.index(False)
+        raise ValueError(f"graph {missing} has no molecule keys while others have them")
+    return np.stack([g.keys for g in graphs]).astype(np.float32)  # type: ignore[misc]
 
 
 def _scatter_positions(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -41,6 +41,10 @@ class ModelConfig:
     # states, what all-MiniLM-L6-v2 was trained to produce) through an MLP, added to the
     # pooled vector. Off = the paper's text tower.
     sentence_branch: bool = False
+    # Molecule tower: also RDKit's 166 MACCS keys through an MLP, added to the pooled vector.
+    # A bundle input (`molecule_keys`) the featurizer computes only for such models (MACCS
+    # costs ~1.5x the rest of featurization). Off = the paper's tower.
+    maccs_keys: bool = False
 
 
 @dataclass

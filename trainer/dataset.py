@@ -66,7 +66,7 @@ def prepare_pool(
     train_pairs = read_pairs(files["train"])
     val_pairs = read_pairs(files["validation"])
     pairs = train_pairs + val_pairs
-    graphs, errors = featurize_many([p.smiles for p in pairs])
+    graphs, errors = featurize_many([p.smiles for p in pairs], keys=config.model.maccs_keys)
     for err in errors:
         log.warning("pair %d (CID %s) left out: %s", err.index, pairs[err.index].cid, err.reason)
     n_train = len(train_pairs)

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from molret.graphs import MolGraph
+from molret.graphs import N_MOLECULE_KEYS, MolGraph, stack_keys
 
 from .config import ModelConfig
-from .graph_tower import FingerprintBranch, MoleculeTower
+from .graph_tower import FingerprintBranch, KeysBranch, MoleculeTower
 from .projector import MemoryBankProjector, masked_mean, segment_sums
 
 
@@ -32,9 +32,11 @@ class GraphTensors:
     edge_dst: torch.Tensor
     atom_mask: torch.Tensor
     edge_mask: torch.Tensor
+    molecule_keys: torch.Tensor | None = None  # float32 [B, 167] for `model.maccs_keys`
 
     @classmethod
     def from_batch(cls, batch: object) -> GraphTensors:
+        keys = getattr(batch, "molecule_keys", None)
         return cls(
             **{
                 name: torch.from_numpy(getattr(batch, name))
@@ -42,7 +44,8 @@ class GraphTensors:
                     "atom_features", "bond_features", "edge_src", "edge_dst",
                     "atom_mask", "edge_mask",
                 )
-            }
+            },
+            molecule_keys=None if keys is None else torch.from_numpy(keys),
         )  # fmt: skip
 
     def as_args(self) -> tuple[torch.Tensor, ...]:
@@ -61,9 +64,11 @@ class PackedGraphs:
     edge_src: torch.Tensor  # [n_edges_total]
     edge_dst: torch.Tensor  # [n_edges_total]
     atom_counts: list[int]
+    molecule_keys: torch.Tensor | None = None  # float32 [B, 167] for `model.maccs_keys`
 
     @classmethod
     def from_graphs(cls, graphs: Sequence[MolGraph]) -> PackedGraphs:
+        keys = stack_keys(graphs)
         offsets = np.cumsum([0] + [g.n_atoms for g in graphs[:-1]])
         edges = np.concatenate(
             [g.edge_index + o for g, o in zip(graphs, offsets, strict=True)], axis=1
@@ -74,6 +79,7 @@ class PackedGraphs:
             edge_src=torch.from_numpy(edges[0]),
             edge_dst=torch.from_numpy(edges[1]),
             atom_counts=[g.n_atoms for g in graphs],
+            molecule_keys=None if keys is None else torch.from_numpy(keys),
         )
 
     def pad(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,6 +171,11 @@ class DualEncoder(nn.Module):
             if config.fingerprint_branch
             else None
         )
+        self.keys = (
+            KeysBranch(N_MOLECULE_KEYS, config.graph_hidden, config.embed_dim)
+            if config.maccs_keys
+            else None
+        )
         self.projector = MemoryBankProjector(
             config.embed_dim,
             num_memories=config.num_memories,
@@ -212,23 +223,41 @@ class DualEncoder(nn.Module):
                 graphs.atom_features, graphs.bond_features, graphs.edge_src, graphs.edge_dst
             )
             states, mask = graphs.pad(packed)
-            extra = (
+            fingerprint = (
                 self.fingerprint.forward_packed(graphs.atom_features, graphs.atom_counts)
                 if self.fingerprint is not None
                 else None
             )
+            extra = self._with_keys(fingerprint, graphs.molecule_keys)
         else:
             states, mask = self.molecule_tower(*graphs.as_args()), graphs.atom_mask
-            extra = self.molecule_extra(graphs.atom_features, mask)
+            extra = self.molecule_extra(graphs.atom_features, mask, graphs.molecule_keys)
         return Encoded(self.projector(states, mask, "molecule", extra), masked_mean(states, mask))
 
     def molecule_extra(
-        self, atom_features: torch.Tensor, atom_mask: torch.Tensor
+        self,
+        atom_features: torch.Tensor,
+        atom_mask: torch.Tensor,
+        molecule_keys: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """The fingerprint branch on padded atoms (None when the config has none)."""
-        if self.fingerprint is None:
-            return None
-        return self.fingerprint(atom_features, atom_mask)
+        """The fingerprint and keys branches on padded atoms (None when the config has
+        neither)."""
+        fingerprint = (
+            self.fingerprint(atom_features, atom_mask) if self.fingerprint is not None else None
+        )
+        return self._with_keys(fingerprint, molecule_keys)
+
+    def _with_keys(
+        self, extra: torch.Tensor | None, molecule_keys: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        if self.keys is None:
+            return extra
+        if molecule_keys is None:
+            raise ValueError(
+                "this model takes MACCS keys (model.maccs_keys): featurize with keys=True"
+            )
+        from_keys = self.keys(molecule_keys)
+        return from_keys if extra is None else extra + from_keys
 
 
 def freeze_lower_layers(encoder: nn.Module, trainable_layers: int) -> None:

@@ -43,6 +43,7 @@ class PygMoleculeEncoder(nn.Module):
         self.tower = model.molecule_tower
         self.projector = model.projector
         self.fingerprint = model.fingerprint
+        self.keys = model.keys
         self.convs = nn.ModuleList(_gine(layer) for layer in self.tower.layers)
 
     @staticmethod
@@ -53,6 +54,8 @@ class PygMoleculeEncoder(nn.Module):
                     x=torch.from_numpy(g.atom_features),
                     edge_index=torch.from_numpy(g.edge_index),
                     edge_attr=torch.from_numpy(g.bond_features),
+                    # [1, n_keys] per graph, so the batch stacks them to [B, n_keys]
+                    **({} if g.keys is None else {"maccs": torch.from_numpy(g.keys[None]).float()}),
                 )
                 for g in graphs
             ]
@@ -72,4 +75,7 @@ class PygMoleculeEncoder(nn.Module):
         if self.fingerprint is not None:  # per-molecule sum by torch-geometric's scatter
             sums = global_add_pool(self.fingerprint.embedding(batch.x), batch.batch)
             extra = self.fingerprint.from_atom_sums(sums)
+        if self.keys is not None:
+            from_keys = self.keys(batch.maccs)  # ("keys" is a method of Data)
+            extra = from_keys if extra is None else extra + from_keys
         return self.projector(states, mask, "molecule", extra)

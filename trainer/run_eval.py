@@ -51,6 +51,7 @@ class TorchEmbedder:
     def __init__(self, model: DualEncoder, cache_dir: Path | None) -> None:
         self.model = model
         self.cache_dir = cache_dir
+        self.takes_keys = model.config.maccs_keys
 
     def embed_text_list(self, texts: Sequence[str]) -> np.ndarray:
         cfg = self.model.config

@@ -168,6 +168,7 @@ def test_missing_manifest_is_refused(smoke_bundle: Path, tmp_path: Path) -> None
         ("format_version", 99, "format version 99"),
         ("feature_vocab_version", "1", "molecule features version '1'"),
         ("precision", "int4", "unknown precision"),
+        ("inputs", ["atom_features", "charges"], "molecule inputs"),
     ],
 )
 def test_wrong_versions_are_refused(
@@ -175,7 +176,7 @@ def test_wrong_versions_are_refused(
 ) -> None:
     bundle = copy_bundle(smoke_bundle, tmp_path)
     manifest = json.loads((bundle / MANIFEST_NAME).read_text())
-    if field == "feature_vocab_version":
+    if field in ("feature_vocab_version", "inputs"):
         manifest["molecule"][field] = value
     else:
         manifest[field] = value
@@ -272,3 +273,50 @@ def test_tensorrt_flag_without_tensorrt_is_a_clear_error(smoke_run: Path, tmp_pa
     assert out.returncode == 3
     assert "TensorRT 10 Python package" in out.stderr
     assert not (tmp_path / "b").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The molecule tower's two input layouts (with and without MACCS keys)
+
+
+@pytest.mark.parametrize("maccs_keys", [False, True])
+def test_molecule_tower_inputs_with_and_without_keys(tmp_path: Path, maccs_keys: bool) -> None:
+    """Exported with its model's input layout, fed by the engine's ``molecule_feeds`` from
+    featurized molecules, and equal to PyTorch; a bundle from before the ``inputs`` field
+    reads as the plain graph arrays."""
+    import onnxruntime as ort
+    import torch
+
+    from molret.bundle import Bundle
+    from molret.engine.runtime import molecule_feeds
+    from molret.export.onnx_export import export_molecule_tower
+    from molret.featurize import GRAPH_ARRAYS, MOLECULE_KEYS, featurize, pad_graphs
+    from molret.trainer.config import ModelConfig
+    from molret.trainer.model import DualEncoder, PackedGraphs
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        embed_dim=16, graph_hidden=16, graph_layers=2, num_memories=3, dropout=0.0,
+        fingerprint_branch=True, maccs_keys=maccs_keys,
+    )  # fmt: skip
+    model = DualEncoder(config, text_hidden=8).eval()
+    path = tmp_path / "molecule.onnx"
+    export_molecule_tower(model, (32, 64), path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    assert names == [*GRAPH_ARRAYS, *([MOLECULE_KEYS] if maccs_keys else [])]
+
+    graphs = [featurize(s, keys=maccs_keys) for s in ("CC(=O)Oc1ccccc1C(=O)O", "c1ccncc1", "CCO")]
+    (onnx_out,) = session.run(None, molecule_feeds(pad_graphs(graphs, 32, 64), names))
+    with torch.no_grad():
+        torch_out = model.encode_molecule(PackedGraphs.from_graphs(graphs)).embedding.numpy()
+    np.testing.assert_allclose(onnx_out, torch_out, rtol=1e-4, atol=1e-5)
+
+    if maccs_keys:
+        plain = [featurize("CCO")]
+        with pytest.raises(ValueError, match="keys=True"):
+            molecule_feeds(pad_graphs(plain, 32, 64), names)
+        with pytest.raises(ValueError, match="keys=True"), torch.no_grad():
+            model.encode_molecule(PackedGraphs.from_graphs(plain))
+    old = Bundle(tmp_path, {"molecule": {"buckets": [[32, 64]]}})
+    assert old.molecule_inputs == GRAPH_ARRAYS and not old.takes_molecule_keys

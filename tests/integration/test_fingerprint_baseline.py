@@ -118,3 +118,19 @@ def test_rejects_unknown_mode(tiny: tuple[Path, Path, int]) -> None:
     data, cache, _ = tiny
     with pytest.raises(ValueError, match="selection"):
         fb.run(data, cache, "test")
+
+
+def test_feature_set_ablation_zeroes_only_the_other_fingerprint(
+    tiny: tuple[Path, Path, int],
+) -> None:
+    data, cache, _ = tiny
+    prepared = fb.prepare(data, cache)
+    morgan = fb.only_feature_set(prepared, "morgan").mol_feats
+    maccs = fb.only_feature_set(prepared, "maccs").mol_feats
+    split = fb.MORGAN_BITS
+    assert not morgan[:, split:].any() and not maccs[:, :split].any()
+    np.testing.assert_array_equal(morgan[:, :split], prepared.mol_feats[:, :split])
+    np.testing.assert_array_equal(maccs[:, split:], prepared.mol_feats[:, split:])
+    assert prepared.mol_feats[:, split:].any()  # the original is untouched
+    with pytest.raises(ValueError, match="feature set"):
+        fb.only_feature_set(prepared, "ecfp")

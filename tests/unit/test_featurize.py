@@ -364,3 +364,36 @@ def test_edges_agree_with_torch_geometric() -> None:
         for name in ("atomic_num", "chirality", "formal_charge", "num_hs", "aromatic", "in_ring"):
             ref_col = ref.x[:, A[name]].numpy()
             np.testing.assert_array_equal(ref_col, ours.atom_features[:, A[name]], err_msg=name)
+
+
+# --------------------------------------------------------------------------------------------
+# MACCS keys (only for models that take them)
+
+
+def test_maccs_keys_are_rdkits_and_only_on_request() -> None:
+    from rdkit import Chem
+    from rdkit.Chem import MACCSkeys
+
+    from molret.featurize import N_MOLECULE_KEYS
+
+    aspirin = "CC(=O)Oc1ccccc1C(=O)O"
+    assert featurize(aspirin).keys is None
+    graph = featurize(aspirin, keys=True)
+    assert graph.keys is not None
+    assert graph.keys.shape == (N_MOLECULE_KEYS,) and graph.keys.dtype == np.uint8
+    expected = set(MACCSkeys.GenMACCSKeys(Chem.MolFromSmiles(aspirin)).GetOnBits())
+    assert set(np.flatnonzero(graph.keys).tolist()) == expected
+    batch = pad_graphs([graph, featurize("CCO", keys=True)], 32, 64)
+    assert batch.molecule_keys is not None and batch.molecule_keys.shape == (2, N_MOLECULE_KEYS)
+    assert batch.molecule_keys.dtype == np.float32
+    np.testing.assert_array_equal(batch.molecule_keys[0], graph.keys)
+    assert pad_graphs([featurize("CCO")], 32, 64).molecule_keys is None
+    with pytest.raises(ValueError, match="graph 1 has no molecule keys"):
+        pad_graphs([graph, featurize("CCO")], 32, 64)
+
+
+def test_maccs_keys_follow_bad_input_rules() -> None:
+    graphs, errors = featurize_many(["CCO", "not a smiles", "c1ccccc1"], keys=True)
+    assert [g is None for g in graphs] == [False, True, False]
+    assert [e.index for e in errors] == [1]
+    assert all(g.keys is not None for g in graphs if g is not None)

@@ -293,15 +293,17 @@ def test_tower_forward_uses_no_scatter(graphs) -> None:
     assert "bmm" in recorder.ops
 
 
-@pytest.mark.parametrize("fingerprint_branch", [False, True])
-def test_packed_path_equals_dense_path(fingerprint_branch: bool) -> None:
+@pytest.mark.parametrize(
+    ("fingerprint_branch", "maccs_keys"), [(False, False), (True, False), (True, True)]
+)
+def test_packed_path_equals_dense_path(fingerprint_branch: bool, maccs_keys: bool) -> None:
     """Training runs the packed (index_add) twin; export runs the dense one: same numbers."""
     from molret.featurize import featurize_many, pad_graphs
     from molret.trainer.config import ModelConfig
     from molret.trainer.model import DualEncoder, GraphTensors, PackedGraphs
 
     smiles = ["CCO", "[Na+].[Cl-]", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "[Te]", "C" * 30]
-    graphs, errors = featurize_many(smiles)
+    graphs, errors = featurize_many(smiles, keys=maccs_keys)
     assert not errors
     torch.manual_seed(0)
     model = DualEncoder(
@@ -311,6 +313,7 @@ def test_packed_path_equals_dense_path(fingerprint_branch: bool) -> None:
             graph_layers=3,
             num_memories=4,
             fingerprint_branch=fingerprint_branch,
+            maccs_keys=maccs_keys,
         ),
         8,
     )

@@ -18,16 +18,17 @@ from molret.trainer.pyg_reference import PygMoleculeEncoder  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("fingerprint_branch", [False, True])
-def test_pyg_encoder_equals_packed_model(fingerprint_branch: bool) -> None:
+@pytest.mark.parametrize(
+    ("fingerprint_branch", "maccs_keys"), [(False, False), (True, False), (True, True)]
+)
+def test_pyg_encoder_equals_packed_model(fingerprint_branch: bool, maccs_keys: bool) -> None:
     torch.manual_seed(0)
-    config = load_config(
-        REPO / "configs" / "smoke.yaml", {"model.fingerprint_branch": fingerprint_branch}
-    )
-    model = build_model(config).eval()
+    overrides = {"model.fingerprint_branch": fingerprint_branch, "model.maccs_keys": maccs_keys}
+    model = build_model(load_config(REPO / "configs" / "smoke.yaml", overrides)).eval()
     assert (model.fingerprint is not None) == fingerprint_branch
+    assert (model.keys is not None) == maccs_keys
     graphs, errors = featurize_many(
-        ["CCO", "c1ccccc1C(=O)O", "[Na+].[Cl-]", "C[C@H](N)C(=O)O", "O"]
+        ["CCO", "c1ccccc1C(=O)O", "[Na+].[Cl-]", "C[C@H](N)C(=O)O", "O"], keys=maccs_keys
     )
     assert not errors
     with torch.no_grad():
