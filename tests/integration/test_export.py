@@ -43,14 +43,21 @@ def copy_bundle(bundle: Path, tmp_path: Path) -> Path:
 
 
 def test_molecule_graphs_have_static_shapes_per_bucket(smoke_bundle: Path) -> None:
+    from molret.featurize import MOLECULE_KEYS, N_MOLECULE_KEYS
+
     bundle = load_bundle(smoke_bundle)
+    assert bundle.takes_molecule_keys  # smoke.yaml has them, as cpu-fast does
     widths = {"atom_features": len(ATOM_FEATURE_SIZES), "bond_features": len(BOND_FEATURE_SIZES)}
     for max_nodes, max_edges in bundle.buckets:
         model = onnx.load(str(bundle.molecule_onnx((max_nodes, max_edges))))
+        assert [t.name for t in model.graph.input] == list(bundle.molecule_inputs)
         for tensor in model.graph.input:
             dims = tensor.type.tensor_type.shape.dim
             assert dims[0].dim_param == "batch", tensor.name
             static = [d.dim_value for d in dims[1:]]
+            if tensor.name == MOLECULE_KEYS:
+                assert static == [N_MOLECULE_KEYS], static
+                continue
             axis = max_nodes if tensor.name.startswith("atom") else max_edges
             expected = [axis] + ([widths[tensor.name]] if tensor.name in widths else [])
             assert static == expected, (tensor.name, static)

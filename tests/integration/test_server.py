@@ -82,7 +82,7 @@ def index_template(smoke_bundle: Path, tmp_path_factory: pytest.TempPathFactory)
     pairs = read_pairs()
     bundle = load_bundle(smoke_bundle)
     embedder = BundleEmbedder(bundle, threads=1)
-    rows = featurize_shard([p["SMILES"] for p in pairs], bundle.buckets)
+    rows = featurize_shard([p["SMILES"] for p in pairs], bundle.buckets, embedder.takes_keys)
     keep = [i for i, row in enumerate(rows) if row.graph is not None]
     with IndexStore.create(
         root / "molecules", "molecule", bundle.embedding_dim, bundle.bundle_id
@@ -380,7 +380,7 @@ def test_reload_swaps_without_dropping_requests(
     second = copy_indexes(index_template, tmp_path / "second")
     with IndexStore.open(second / "molecules") as store:  # the second index has one more row
         bundle = load_bundle(smoke_bundle)
-        rows = featurize_shard(["CCCCCCN"], bundle.buckets)
+        rows = featurize_shard(["CCCCCCN"], bundle.buckets, bundle.takes_molecule_keys)
         vectors = BundleEmbedder(bundle, threads=1).embed_graphs([rows[0].graph])
         store.add(vectors, [NewRecord("hexylamine", "CCCCCCN", rows[0].canonical_smiles)])
         store.save()
