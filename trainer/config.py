@@ -43,7 +43,7 @@ class ModelConfig:
     sentence_branch: bool = False
     # Molecule tower: also RDKit's 166 MACCS keys through an MLP, added to the pooled vector.
     # A bundle input (`molecule_keys`) the featurizer computes only for such models (MACCS
-    # costs ~1.5x the rest of featurization). Off = the paper's tower.
+    # costs 1.6x the rest of featurization). Off = the paper's tower.
     maccs_keys: bool = False
 
 
