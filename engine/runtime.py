@@ -19,7 +19,6 @@ import numpy as np
 
 from molret.bundle import Bundle, bucket_name
 from molret.featurize import (
-    GRAPH_ARRAYS,
     MOLECULE_KEYS,
     GraphBatch,
     MolGraph,
@@ -28,8 +27,6 @@ from molret.featurize import (
 )
 from molret.graphs import group_by_bucket
 from molret.text import load_tokenizer, pad_token_ids, validate_text
-
-MOLECULE_INPUTS = GRAPH_ARRAYS  # ONNX input names of a molecule tower without MACCS keys
 
 
 def molecule_feeds(batch: GraphBatch, names: Sequence[str]) -> dict[str, np.ndarray]:

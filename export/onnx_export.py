@@ -22,7 +22,6 @@ from torch import nn
 from molret.graphs import (
     ATOM_FEATURE_SIZES,
     BOND_FEATURE_SIZES,
-    GRAPH_ARRAYS,
     N_MOLECULE_KEYS,
     molecule_inputs,
 )
@@ -30,7 +29,6 @@ from molret.trainer.model import DualEncoder
 
 OPSET = 17
 TEXT_INPUTS = ("input_ids", "attention_mask")
-MOLECULE_INPUTS = GRAPH_ARRAYS  # plus MOLECULE_KEYS for a model with `model.maccs_keys`
 OUTPUT = "embedding"
 
 

@@ -228,7 +228,7 @@ class DualEncoder(nn.Module):
                 if self.fingerprint is not None
                 else None
             )
-            extra = self._with_keys(fingerprint, graphs.molecule_keys)
+            extra = self.add_keys(fingerprint, graphs.molecule_keys)
         else:
             states, mask = self.molecule_tower(*graphs.as_args()), graphs.atom_mask
             extra = self.molecule_extra(graphs.atom_features, mask, graphs.molecule_keys)
@@ -245,11 +245,12 @@ class DualEncoder(nn.Module):
         fingerprint = (
             self.fingerprint(atom_features, atom_mask) if self.fingerprint is not None else None
         )
-        return self._with_keys(fingerprint, molecule_keys)
+        return self.add_keys(fingerprint, molecule_keys)
 
-    def _with_keys(
+    def add_keys(
         self, extra: torch.Tensor | None, molecule_keys: torch.Tensor | None
     ) -> torch.Tensor | None:
+        """``extra`` plus the keys branch of ``molecule_keys`` (``extra`` as is without it)."""
         if self.keys is None:
             return extra
         if molecule_keys is None:

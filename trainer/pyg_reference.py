@@ -43,7 +43,7 @@ class PygMoleculeEncoder(nn.Module):
         self.tower = model.molecule_tower
         self.projector = model.projector
         self.fingerprint = model.fingerprint
-        self.keys = model.keys
+        self.add_keys = model.add_keys
         self.convs = nn.ModuleList(_gine(layer) for layer in self.tower.layers)
 
     @staticmethod
@@ -75,7 +75,5 @@ class PygMoleculeEncoder(nn.Module):
         if self.fingerprint is not None:  # per-molecule sum by torch-geometric's scatter
             sums = global_add_pool(self.fingerprint.embedding(batch.x), batch.batch)
             extra = self.fingerprint.from_atom_sums(sums)
-        if self.keys is not None:
-            from_keys = self.keys(batch.maccs)  # ("keys" is a method of Data)
-            extra = from_keys if extra is None else extra + from_keys
+        extra = self.add_keys(extra, getattr(batch, "maccs", None))  # "keys" is a Data method
         return self.projector(states, mask, "molecule", extra)
